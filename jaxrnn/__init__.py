@@ -1,0 +1,17 @@
+"""jaxrnn: functional recurrent networks for JAX.
+
+Pure cells unrolled with ``lax.scan``, trained by full or truncated backpropagation
+through time. See ``README.md`` for a tour.
+"""
+
+from jaxrnn import layers
+from jaxrnn.cells import Cell, gru, lstm, rnn
+from jaxrnn.unroll import Bidirectional, Stack, bidirectional, output_size, stack, unroll
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Cell", "rnn", "lstm", "gru",
+    "unroll", "stack", "bidirectional", "Stack", "Bidirectional", "output_size",
+    "layers",
+]

@@ -1,0 +1,389 @@
+"""Unrolling cells over time with ``lax.scan``.
+
+``jr.unroll(cell, params, xs, carry)`` runs ``cell`` over the time axis of ``xs``. The
+input projection ``x W_x + b`` is hoisted out of the loop (one large matrix product over
+the whole sequence); the scan body only does ``h W_h`` and the gate nonlinearities. Since
+the body is traced once, compile time does not grow with the sequence length.
+
+Three kinds of recurrent module can be unrolled:
+
+* a :class:`~jaxrnn.cells.Cell` (``jr.rnn``, ``jr.lstm``, ``jr.gru``);
+* a :class:`Stack` of layers (``jr.stack([...], dropout=p)``), optionally with dropout
+  between layers driven by an explicit PRNG key;
+* a :class:`Bidirectional` layer (``jr.bidirectional(cell)``) whose output concatenates
+  a forward and a backward pass.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, NamedTuple, Union
+
+import jax
+import jax.numpy as jnp
+
+from jaxrnn._checks import check_floating, check_integer, check_rank, concrete_values, shape_str
+from jaxrnn.cells import Cell, check_carry, check_params
+from jaxrnn.layers import dropout as _dropout
+
+Array = jax.Array
+
+__all__ = ["unroll", "stack", "bidirectional", "Stack", "Bidirectional", "output_size"]
+
+
+class Bidirectional(NamedTuple):
+    """A forward and a backward cell over the same sequence; outputs concatenated.
+
+    ``params = {"forward": ..., "backward": ...}``, ``carry = (forward_carry,
+    backward_carry)``. The backward cell reads each row's valid steps from last to first
+    (as PyTorch's packed sequences do), and its output at step ``t`` is aligned with the
+    input at step ``t``. Output size ``2 H``.
+    """
+
+    forward: Cell
+    backward: Cell
+
+    @property
+    def hidden_size(self) -> int:
+        return self.forward.hidden_size + self.backward.hidden_size
+
+    def init(self, key: Array, input_size: int, dtype=jnp.float32) -> dict:
+        kf, kb = jax.random.split(key)
+        return {"forward": self.forward.init(kf, input_size, dtype), "backward": self.backward.init(kb, input_size, dtype)}
+
+    def initial_carry(self, batch_size: Any = None, dtype=jnp.float32):
+        return (self.forward.initial_carry(batch_size, dtype), self.backward.initial_carry(batch_size, dtype))
+
+
+class Stack(NamedTuple):
+    """Recurrent layers applied one after another, each over the whole sequence.
+
+    ``params`` is a list (one entry per layer), ``carry`` a tuple (one per layer). With
+    ``dropout > 0`` and a ``key`` passed to :func:`unroll`, inverted dropout is applied to
+    the outputs of every layer but the last (PyTorch's ``nn.LSTM(dropout=p)``); without a
+    key the stack is deterministic (evaluation mode).
+    """
+
+    layers: tuple
+    dropout: float = 0.0
+
+    @property
+    def hidden_size(self) -> int:
+        return output_size(self.layers[-1])
+
+    def init(self, key: Array, input_size: int, dtype=jnp.float32) -> list:
+        keys = jax.random.split(key, len(self.layers))
+        params, size = [], input_size
+        for k, layer in zip(keys, self.layers):
+            params.append(layer.init(k, size, dtype))
+            size = output_size(layer)
+        return params
+
+    def initial_carry(self, batch_size: Any = None, dtype=jnp.float32) -> tuple:
+        return tuple(layer.initial_carry(batch_size, dtype) for layer in self.layers)
+
+    def apply(self, params: list, carry: tuple, x_t: Array):
+        """One time step through every layer (no dropout): ``(carry, y_t)``.
+
+        Only for stacks of plain cells (a bidirectional layer needs the whole sequence).
+        Useful for sampling one token at a time.
+        """
+        _check_stack_args(self, params, carry)
+        new_carry, y = [], x_t
+        for i, (layer, p, c) in enumerate(zip(self.layers, params, carry)):
+            if not isinstance(layer, Cell):
+                raise TypeError(
+                    f"Stack.apply steps plain cells only; layer {i} is a {type(layer).__name__}, "
+                    "which needs the whole sequence (use jr.unroll)"
+                )
+            c, y = layer.apply(p, c, y)
+            new_carry.append(c)
+        return tuple(new_carry), y
+
+
+Module = Union[Cell, Stack, Bidirectional]
+
+
+def output_size(module: Module) -> int:
+    """The feature size of the outputs ``ys`` of :func:`unroll` for ``module``."""
+    if isinstance(module, (Cell, Stack, Bidirectional)):
+        return module.hidden_size
+    raise TypeError(f"module must be a jaxrnn Cell, Stack or Bidirectional, got {type(module).__name__}")
+
+
+def stack(layers, dropout: float = 0.0) -> Stack:
+    """Stack recurrent layers (cells or bidirectional layers) into a multi-layer network.
+
+    Args:
+      layers: a sequence of :class:`Cell` / :class:`Bidirectional`; layer ``i + 1`` reads
+        the outputs of layer ``i``.
+      dropout: inverted-dropout rate between layers (applied when :func:`unroll` gets a
+        ``key``).
+
+    Example::
+
+      >>> import jax, jax.numpy as jnp, jaxrnn as jr
+      >>> net = jr.stack([jr.lstm(16), jr.lstm(16)], dropout=0.2)
+      >>> params = net.init(jax.random.key(0), input_size=4)
+      >>> carry, ys = jr.unroll(net, params, jnp.ones((2, 5, 4)), key=jax.random.key(1))
+      >>> ys.shape, len(carry)
+      ((2, 5, 16), 2)
+    """
+    layers = tuple(layers)
+    if not layers:
+        raise ValueError("layers must hold at least one layer, got an empty sequence")
+    for i, layer in enumerate(layers):
+        if not isinstance(layer, (Cell, Bidirectional)):
+            raise TypeError(f"layers[{i}] must be a jaxrnn Cell or Bidirectional, got {type(layer).__name__}")
+    if not 0.0 <= float(dropout) < 1.0:
+        raise ValueError(f"dropout must be in [0, 1), got {dropout}")
+    return Stack(layers, float(dropout))
+
+
+def bidirectional(forward: Cell, backward: Cell | None = None) -> Bidirectional:
+    """A bidirectional layer: ``forward`` reads left to right, ``backward`` (default: a cell
+    of the same kind and size, with its own parameters) reads right to left.
+
+    Example::
+
+      >>> import jax, jax.numpy as jnp, jaxrnn as jr
+      >>> bi = jr.bidirectional(jr.gru(8))
+      >>> params = bi.init(jax.random.key(0), input_size=3)
+      >>> (cf, cb), ys = jr.unroll(bi, params, jnp.ones((2, 5, 3)))
+      >>> ys.shape
+      (2, 5, 16)
+    """
+    for name, c in (("forward", forward), ("backward", backward)):
+        if c is not None and not isinstance(c, Cell):
+            raise TypeError(f"{name} must be a jaxrnn Cell, got {type(c).__name__}")
+    return Bidirectional(forward, forward if backward is None else backward)
+
+
+# --------------------------------------------------------------------------- checks
+
+
+def _check_stack_args(net: Stack, params, carry) -> None:
+    n = len(net.layers)
+    if not isinstance(params, (list, tuple)) or len(params) != n:
+        got = f"a {type(params).__name__} of length {len(params)}" if isinstance(params, (list, tuple)) else type(params).__name__
+        raise TypeError(f"params of a {n}-layer Stack must be a list of {n} per-layer params, got {got}")
+    if carry is not None and (not isinstance(carry, (list, tuple)) or len(carry) != n):
+        got = f"a {type(carry).__name__} of length {len(carry)}" if isinstance(carry, (list, tuple)) else type(carry).__name__
+        raise TypeError(f"carry of a {n}-layer Stack must be a tuple of {n} per-layer carries, got {got}")
+
+
+def _check_xs(xs: Any, time_major: bool) -> None:
+    check_rank("xs", xs, (2, 3), "((batch, time, features), (time, batch, features) with time_major=True, "
+               "or (time, features) unbatched)")
+    check_floating("xs", xs)
+
+
+def _check_lengths(lengths: Any, batch: tuple[int, ...], steps: int) -> None:
+    check_integer("lengths", lengths)
+    if tuple(lengths.shape) != batch:
+        raise ValueError(
+            f"lengths must have shape {shape_str(batch)} (one length per row of xs), got {shape_str(lengths.shape)}"
+        )
+    values = concrete_values(lengths)
+    if values is not None and values.size:
+        lo, hi = int(values.min()), int(values.max())
+        if lo < 0 or hi > steps:
+            raise ValueError(f"lengths must lie in [0, {steps}] (the time length of xs), got values in [{lo}, {hi}]")
+
+
+def _block_length(remat: Any, steps: int) -> int | None:
+    """None for no block checkpointing, else the block length."""
+    if remat is None or remat == "step":
+        return None
+    if remat == "sqrt":
+        return max(1, int(math.ceil(math.sqrt(max(steps, 1)))))
+    if isinstance(remat, int) and not isinstance(remat, bool) and remat >= 1:
+        return remat
+    raise ValueError(f"remat must be None, 'step', 'sqrt' or a positive int block length, got {remat!r}")
+
+
+# --------------------------------------------------------------------------- the scan
+
+
+def _reverse_valid(x_tm: Array, lengths: Array | None) -> Array:
+    """Reverse each row's first ``lengths[b]`` steps along axis 0; padded steps stay put.
+
+    The permutation is an involution, so applying it twice restores the input.
+    """
+    steps = x_tm.shape[0]
+    if lengths is None:
+        return jnp.flip(x_tm, axis=0)
+    t = jnp.arange(steps).reshape((steps,) + (1,) * lengths.ndim)
+    idx = jnp.where(t < lengths, lengths - 1 - t, t)  # (T, *batch); x_tm is (T, *batch, F)
+    return jnp.take_along_axis(x_tm, idx[..., None], axis=0)
+
+
+def _scan_cell(cell: Cell, params, xp: Array, carry, mask: Array | None, unroll: int, remat: Any):
+    """Scan ``cell.step`` over axis 0 of the projected inputs ``xp``; ``mask`` (T, *batch)."""
+    steps = xp.shape[0]
+
+    def body(c, inp):
+        xp_t, m_t = inp
+        new_c, y = cell.step(params, c, xp_t)
+        if m_t is not None:
+            m = m_t[..., None]
+            new_c = jax.tree_util.tree_map(lambda n, o: jnp.where(m, n, o), new_c, c)
+            y = jnp.where(m, y, jnp.zeros_like(y))
+        return new_c, y
+
+    block = _block_length(remat, steps)
+    if block is None:
+        if remat == "step":
+            body = jax.checkpoint(body, prevent_cse=False)
+        return jax.lax.scan(body, carry, (xp, mask), unroll=unroll)
+
+    # Blocks of `block` steps: the outer scan keeps one carry per block; each block's
+    # inner scan is recomputed in the backward pass.
+    n_blocks = -(-steps // block)
+    pad = n_blocks * block - steps
+    if pad:
+        valid = jnp.arange(n_blocks * block) < steps
+        valid = valid.reshape((-1,) + (1,) * (xp.ndim - 2))
+        xp = jnp.concatenate([xp, jnp.zeros((pad,) + xp.shape[1:], xp.dtype)], axis=0)
+        if mask is None:
+            mask = jnp.broadcast_to(valid, (n_blocks * block,) + xp.shape[1:-1])
+        else:
+            mask = jnp.concatenate([mask, jnp.zeros((pad,) + mask.shape[1:], bool)], axis=0)
+    xp_b = xp.reshape((n_blocks, block) + xp.shape[1:])
+    mask_b = None if mask is None else mask.reshape((n_blocks, block) + mask.shape[1:])
+
+    @jax.checkpoint
+    def block_body(c, inp):
+        return jax.lax.scan(body, c, inp, unroll=unroll)
+
+    carry, ys = jax.lax.scan(block_body, carry, (xp_b, mask_b))
+    ys = ys.reshape((n_blocks * block,) + ys.shape[2:])
+    return carry, ys[:steps]
+
+
+def _unroll_cell(cell: Cell, params, xs_tm: Array, carry, lengths, reverse: bool, unroll: int, remat):
+    input_size = check_params(params, cell.kind, cell.hidden_size)
+    if xs_tm.shape[-1] != input_size:
+        raise ValueError(
+            f"xs must have {input_size} features (the input_size of params['w_x']), "
+            f"got {xs_tm.shape[-1]} in xs of shape {shape_str(xs_tm.shape)} (time-major view)"
+        )
+    batch = tuple(xs_tm.shape[1:-1])
+    if carry is None:
+        carry = cell.initial_carry(batch if batch else None, xs_tm.dtype)
+    else:
+        carry_batch = check_carry(carry, cell.kind, cell.hidden_size)
+        if carry_batch != batch:
+            raise ValueError(
+                f"carry has batch shape {shape_str(carry_batch)} but xs has batch shape "
+                f"{shape_str(batch)}; they must match"
+            )
+    steps = xs_tm.shape[0]
+    mask = None
+    if lengths is not None:
+        mask = jnp.arange(steps).reshape((steps,) + (1,) * len(batch)) < lengths
+    if reverse:
+        xs_tm = _reverse_valid(xs_tm, lengths)
+    xp = cell.project(params, xs_tm)
+    carry, ys = _scan_cell(cell, params, xp, carry, mask, unroll, remat)
+    if reverse:
+        ys = _reverse_valid(ys, lengths)
+    return carry, ys
+
+
+def _unroll_tm(module: Module, params, xs_tm, carry, lengths, reverse, unroll, remat, key):
+    if isinstance(module, Cell):
+        return _unroll_cell(module, params, xs_tm, carry, lengths, reverse, unroll, remat)
+    if isinstance(module, Bidirectional):
+        if reverse:
+            raise ValueError("reverse=True has no meaning for a Bidirectional layer (it already reads both ways)")
+        if not isinstance(params, dict) or set(params) != {"forward", "backward"}:
+            got = sorted(params) if isinstance(params, dict) else type(params).__name__
+            raise TypeError(f"params of a Bidirectional layer must be a dict with keys ['backward', 'forward'], got {got}")
+        if carry is not None and (not isinstance(carry, (tuple, list)) or len(carry) != 2):
+            raise TypeError("carry of a Bidirectional layer must be a pair (forward_carry, backward_carry)")
+        cf, cb = (None, None) if carry is None else carry
+        cf, yf = _unroll_cell(module.forward, params["forward"], xs_tm, cf, lengths, False, unroll, remat)
+        cb, yb = _unroll_cell(module.backward, params["backward"], xs_tm, cb, lengths, True, unroll, remat)
+        return (cf, cb), jnp.concatenate([yf, yb], axis=-1)
+    if isinstance(module, Stack):
+        _check_stack_args(module, params, carry)
+        carries = (None,) * len(module.layers) if carry is None else carry
+        keys = [None] * len(module.layers)
+        if key is not None and module.dropout > 0 and len(module.layers) > 1:
+            keys = list(jax.random.split(key, len(module.layers)))
+        new_carry, ys = [], xs_tm
+        for i, (layer, p, c) in enumerate(zip(module.layers, params, carries)):
+            if i > 0:
+                ys = _dropout(ys, module.dropout, keys[i])
+            c, ys = _unroll_tm(layer, p, ys, c, lengths, reverse, unroll, remat, None)
+            new_carry.append(c)
+        return tuple(new_carry), ys
+    raise TypeError(f"cell must be a jaxrnn Cell, Stack or Bidirectional, got {type(module).__name__}")
+
+
+def unroll(
+    cell: Module,
+    params,
+    xs: Array,
+    carry=None,
+    *,
+    lengths: Array | None = None,
+    reverse: bool = False,
+    time_major: bool = False,
+    unroll: int = 1,
+    remat: Any = None,
+    key: Array | None = None,
+):
+    """Run a recurrent module over a sequence with ``lax.scan``.
+
+    Args:
+      cell: a :class:`~jaxrnn.cells.Cell`, :class:`Stack` or :class:`Bidirectional`.
+      params: its parameters.
+      xs: ``(batch, time, features)``; ``(time, batch, features)`` with
+        ``time_major=True``; or ``(time, features)`` for one unbatched sequence.
+      carry: the initial carry; ``None`` means zeros (``cell.initial_carry``) in the dtype
+        of ``xs``.
+      lengths: optional integer array of shape ``(batch,)`` (a scalar for an unbatched
+        sequence): the number of valid steps in each row. After a row's last valid step
+        the carry stops changing and the outputs are zero, so the final carry is the
+        state at step ``lengths[b] - 1``.
+      reverse: read each row from its last valid step to its first. Outputs stay aligned
+        with the inputs (``ys[:, t]`` belongs to ``xs[:, t]``), and the final carry is the
+        state after reading step 0.
+      time_major: ``xs`` and ``ys`` are ``(time, batch, features)``.
+      unroll: passed to ``lax.scan``: how many steps each loop iteration runs.
+      remat: what the backward pass keeps. ``None`` keeps each step's intermediates;
+        ``"step"`` keeps only each step's carry and recomputes the rest; an int ``k``
+        keeps one carry every ``k`` steps and recomputes each block of ``k``; ``"sqrt"``
+        uses ``k = ceil(sqrt(time))``. All give the same values to float tolerance.
+      key: PRNG key for dropout between the layers of a :class:`Stack`; ``None`` turns
+        dropout off.
+
+    Returns:
+      ``(carry, ys)``: the final carry (same structure as ``carry``) and the outputs,
+      ``(batch, time, H)`` (``(time, batch, H)`` with ``time_major``; ``H`` is
+      ``2 * hidden_size`` for a bidirectional layer).
+
+    Example::
+
+      >>> import jax, jax.numpy as jnp, jaxrnn as jr
+      >>> cell = jr.lstm(16)
+      >>> params = cell.init(jax.random.key(0), input_size=4)
+      >>> (h, c), ys = jr.unroll(cell, params, jnp.ones((2, 7, 4)), lengths=jnp.array([7, 3]))
+      >>> ys.shape, bool((ys[1, 3:] == 0).all())
+      ((2, 7, 16), True)
+    """
+    if not isinstance(cell, (Cell, Stack, Bidirectional)):
+        raise TypeError(f"cell must be a jaxrnn Cell, Stack or Bidirectional, got {type(cell).__name__}")
+    _check_xs(xs, time_major)
+    if isinstance(unroll, bool) or not isinstance(unroll, int) or unroll < 1:
+        raise ValueError(f"unroll must be a positive int, got {unroll!r}")
+    _block_length(remat, 1)  # validate early
+    batched = xs.ndim == 3
+    xs_tm = xs if (time_major or not batched) else jnp.swapaxes(xs, 0, 1)
+    if lengths is not None:
+        _check_lengths(lengths, tuple(xs_tm.shape[1:-1]), xs_tm.shape[0])
+    carry, ys_tm = _unroll_tm(cell, params, xs_tm, carry, lengths, reverse, unroll, remat, key)
+    ys = ys_tm if (time_major or not batched) else jnp.swapaxes(ys_tm, 0, 1)
+    return carry, ys
