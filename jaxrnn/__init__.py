@@ -5,8 +5,7 @@ through time. See ``README.md`` for a tour.
 """
 
 from jaxrnn import layers
-from jaxrnn import bptt, data, tbptt
-from jaxrnn.optim import clipped
+from jaxrnn import corpus, lm
 from jaxrnn.cells import Cell, gru, lstm, rnn
 from jaxrnn.unroll import Bidirectional, Stack, bidirectional, output_size, stack, unroll
 from jaxrnn import interop  # imports torch only inside its functions
@@ -16,5 +15,5 @@ __version__ = "0.1.0"
 __all__ = [
     "Cell", "rnn", "lstm", "gru",
     "unroll", "stack", "bidirectional", "Stack", "Bidirectional", "output_size",
-    "layers", "data", "tbptt", "bptt", "clipped", "interop",
+    "layers", "corpus", "lm", "interop",
 ]

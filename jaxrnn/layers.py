@@ -19,7 +19,7 @@ from typing import Callable, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from jaxrnn._checks import check_array, check_floating, check_integer, shape_str
+from jaxrnn._checks import check_array, check_floating, check_integer, concrete_values, shape_str
 
 Array = jax.Array
 
@@ -61,8 +61,9 @@ def embedding(vocab_size: int, embed_size: int, scale: float = 1.0) -> Layer:
                 f"params['table'] must have shape {shape_str((vocab_size, embed_size))}, got {shape_str(table.shape)}"
             )
         check_integer("ids", ids)
-        if not isinstance(ids, jax.core.Tracer) and ids.size:
-            lo, hi = int(jnp.min(ids)), int(jnp.max(ids))
+        values = concrete_values(ids)
+        if values is not None and values.size:
+            lo, hi = int(values.min()), int(values.max())
             if lo < 0 or hi >= vocab_size:
                 raise ValueError(f"ids must lie in [0, {vocab_size}) (vocab_size), got values in [{lo}, {hi}]")
         return jnp.take(table, ids, axis=0, mode="clip")

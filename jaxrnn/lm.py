@@ -1,0 +1,468 @@
+"""The recurrent language model: loss, evaluation, perplexity and sampling.
+
+Architecture (every step a pure function; ``p`` is the dropout rate)::
+
+    e_t      = dropout(E[w_t], p)                    # embedding, (B, T, embed)
+    y_t      = stack(cells, dropout=p)(e_t)          # lstm / gru / rnn layers, (B, T, hidden)
+    logits_t = dropout(y_t, p) W + b                 # (B, T, V); W = E^T with weight tying
+    loss     = mean_t,b  -log softmax(logits_t)[w_{t+1}]
+
+Dropout sits on the embeddings, between recurrent layers and before the output layer
+(Zaremba et al. 2014, PyTorch's word_language_model); it is active only when a key is
+passed. With ``tie=True`` the output projection reuses the embedding table,
+``logits = y E^T + b`` (Press & Wolf 2017), which needs ``hidden == embed``.
+
+Parameters are a dict::
+
+    {"embed": {"table": (V, embed)},
+     "rnn":   [layer_0, ..., layer_{L-1}],          # jaxrnn cell params (w_x, w_h, b, ...)
+     "out":   {"w": (hidden, V), "b": (V,)}}        # tied: {"b": (V,)} only
+
+Training with :mod:`jaxrnn.tbptt` uses :func:`loss_fn`, whose carry is the pair
+``(rnn_carry, key_data)``: the recurrent state and the raw data of a PRNG key. Each
+step splits the key, uses one half for this segment's dropout masks and carries the
+other half to the next segment, so dropout is reproducible, checkpointable with the
+rest of the state (plain ``uint32`` data) and different in every step.
+
+Metrics: with the mean negative log-likelihood ``nll`` in nats per token,
+``perplexity = exp(nll)`` and ``bits per character = nll / ln 2``.
+
+Example::
+
+    >>> import jax, jax.numpy as jnp, jaxrnn as jr
+    >>> model = jr.lm.language_model(vocab_size=11, cell="lstm", hidden=16, embed=8)
+    >>> params = model.init(jax.random.key(0))
+    >>> tokens = jnp.zeros((2, 5), jnp.int32)
+    >>> carry, logits = model.apply(params, model.initial_carry(2), tokens)
+    >>> logits.shape
+    (2, 5, 11)
+    >>> ids = jr.lm.greedy(model, params, jnp.array([1, 2]), length=4)
+    >>> ids.shape
+    (4,)
+"""
+
+from __future__ import annotations
+
+import math
+from functools import partial
+from typing import Any, Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxrnn._checks import check_integer, shape_str
+from jaxrnn.cells import gru, lstm, rnn
+from jaxrnn.layers import dropout as _dropout
+from jaxrnn.layers import embedding, softmax_cross_entropy
+from jaxrnn.unroll import Stack, stack, unroll
+
+Array = jax.Array
+
+__all__ = [
+    "CELLS", "LanguageModel", "language_model", "train_carry", "loss", "loss_fn",
+    "perplexity", "bits_per_char", "evaluate", "sample", "greedy",
+]
+
+#: Cell names accepted by :func:`language_model`.
+CELLS = ("lstm", "gru", "rnn", "rnn_relu")
+
+
+class LanguageModel(NamedTuple):
+    """An RNN language model as pure functions (build it with :func:`language_model`).
+
+    Attributes:
+      init: ``init(key, dtype=float32) -> params``.
+      initial_carry: ``initial_carry(batch_size, dtype=float32) -> carry``: zeros, one
+        entry per layer.
+      apply: ``apply(params, carry, tokens, key=None) -> (carry, logits)``; ``tokens``
+        are integer ids ``(B, T)``, ``logits`` ``(B, T, V)``. ``key`` turns dropout on.
+      step: ``step(params, carry, token_t) -> (carry, logits_t)``: one token ``(B,)`` to
+        logits ``(B, V)`` (no dropout), for generation.
+      vocab_size, cell, hidden, embed, layers, dropout, tie: the hyper-parameters.
+      net: the recurrent :class:`~jaxrnn.unroll.Stack`.
+    """
+
+    init: Callable
+    initial_carry: Callable
+    apply: Callable
+    step: Callable
+    vocab_size: int
+    cell: str
+    hidden: int
+    embed: int
+    layers: int
+    dropout: float
+    tie: bool
+    net: Stack
+
+    def config(self) -> dict:
+        """The hyper-parameters as a JSON-able dict; ``language_model(**config)`` rebuilds
+        the model."""
+        return {"vocab_size": self.vocab_size, "cell": self.cell, "hidden": self.hidden, "embed": self.embed,
+                "layers": self.layers, "dropout": self.dropout, "tie": self.tie}
+
+
+def _positive_int(name: str, v: Any) -> int:
+    if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v <= 0:
+        raise ValueError(f"{name} must be a positive int, got {v!r}")
+    return int(v)
+
+
+def _make_cell(name: str, hidden: int):
+    if name == "lstm":
+        return lstm(hidden)
+    if name == "gru":
+        return gru(hidden)
+    if name == "rnn":
+        return rnn(hidden, "tanh")
+    return rnn(hidden, "relu")
+
+
+def language_model(
+    vocab_size: int, cell: str = "lstm", hidden: int = 256, embed: int = 64, layers: int = 1,
+    dropout: float = 0.0, tie: bool = False,
+) -> LanguageModel:
+    """Build an RNN language model.
+
+    Args:
+      vocab_size: ``V``, the number of tokens.
+      cell: ``"lstm"``, ``"gru"``, ``"rnn"`` (tanh) or ``"rnn_relu"``.
+      hidden: state size of every recurrent layer.
+      embed: embedding size.
+      layers: number of stacked recurrent layers.
+      dropout: rate in ``[0, 1)`` on the embeddings, between layers and before the
+        output layer (training only).
+      tie: reuse the embedding table as output weights; needs ``hidden == embed``.
+
+    Returns:
+      A :class:`LanguageModel`.
+
+    Initialisation: the cells' own scheme (see :mod:`jaxrnn.cells`; LSTM forget bias
+    1); embedding ``N(0, 1)`` (tied: ``N(0, 1/embed)``, so the tied logits have the same
+    scale as the untied ones); output weights ``N(0, 1/hidden)``, biases 0.
+    """
+    vocab_size = _positive_int("vocab_size", vocab_size)
+    hidden = _positive_int("hidden", hidden)
+    embed = _positive_int("embed", embed)
+    layers = _positive_int("layers", layers)
+    if cell not in CELLS:
+        raise ValueError(f"cell must be one of {CELLS}, got {cell!r}")
+    if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0.0 <= dropout < 1.0:
+        raise ValueError(f"dropout must be a float in [0, 1), got {dropout!r}")
+    dropout = float(dropout)
+    tie = bool(tie)
+    if tie and hidden != embed:
+        raise ValueError(
+            f"tie=True reuses the embedding table (vocab_size, embed) as the output weights, so hidden "
+            f"must equal embed; got hidden={hidden}, embed={embed}"
+        )
+    net = stack([_make_cell(cell, hidden) for _ in range(layers)], dropout=dropout)
+    emb = embedding(vocab_size, embed, scale=(1.0 / math.sqrt(embed)) if tie else 1.0)
+
+    def init(key: Array, dtype=jnp.float32) -> dict:
+        k_e, k_r, k_o = jax.random.split(key, 3)
+        params = {"embed": emb.init(k_e, dtype), "rnn": net.init(k_r, embed, dtype)}
+        if tie:
+            params["out"] = {"b": jnp.zeros((vocab_size,), dtype)}
+        else:
+            w = jax.random.normal(k_o, (hidden, vocab_size), jnp.float32) / math.sqrt(hidden)
+            params["out"] = {"w": w.astype(dtype), "b": jnp.zeros((vocab_size,), dtype)}
+        return params
+
+    def initial_carry(batch_size: Any, dtype=jnp.float32):
+        return net.initial_carry(batch_size, dtype)
+
+    def _check(params) -> None:
+        if not isinstance(params, dict) or set(params) != {"embed", "rnn", "out"}:
+            got = sorted(params) if isinstance(params, dict) else type(params).__name__
+            raise TypeError(f"params must be a dict with keys ['embed', 'out', 'rnn'], got {got}")
+        want = {"b"} if tie else {"w", "b"}
+        if not isinstance(params["out"], dict) or set(params["out"]) != want:
+            got = sorted(params["out"]) if isinstance(params["out"], dict) else type(params["out"]).__name__
+            raise TypeError(
+                f"params['out'] must have keys {sorted(want)} for a model with tie={tie}, got {got}"
+            )
+        if not tie and params["out"]["w"].shape != (hidden, vocab_size):
+            raise ValueError(
+                f"params['out']['w'] must have shape {shape_str((hidden, vocab_size))}, "
+                f"got {shape_str(params['out']['w'].shape)}"
+            )
+
+    def _logits(params, y):
+        out = params["out"]
+        w = params["embed"]["table"].T if tie else out["w"]
+        return y @ w + out["b"]
+
+    def apply(params: dict, carry, tokens: Array, key: Array | None = None):
+        _check(params)
+        check_integer("tokens", tokens)
+        if tokens.ndim != 2:
+            raise ValueError(f"tokens must have shape (batch, time), got {shape_str(tokens.shape)}")
+        k_in = k_net = k_out = None
+        if key is not None and dropout > 0.0:
+            k_in, k_net, k_out = jax.random.split(key, 3)
+        x = _dropout(emb.apply(params["embed"], tokens), dropout, k_in)
+        carry, ys = unroll(net, params["rnn"], x, carry, key=k_net)
+        return carry, _logits(params, _dropout(ys, dropout, k_out))
+
+    def step(params: dict, carry, token_t: Array):
+        _check(params)
+        check_integer("token_t", token_t)
+        x = emb.apply(params["embed"], token_t)
+        carry, y = net.apply(params["rnn"], carry, x)
+        return carry, _logits(params, y)
+
+    return LanguageModel(init, initial_carry, apply, step, vocab_size, cell, hidden, embed, layers,
+                         dropout, tie, net)
+
+
+# --------------------------------------------------------------------------- training
+
+
+def _key(key) -> Array:
+    if isinstance(key, (int, np.integer)) and not isinstance(key, bool):
+        return jax.random.key(int(key))
+    if hasattr(key, "dtype") and jnp.issubdtype(key.dtype, jax.dtypes.prng_key):
+        return key
+    if hasattr(key, "dtype") and key.dtype == jnp.uint32 and key.shape == (2,):
+        return jax.random.wrap_key_data(key)
+    raise TypeError(f"key must be an int seed or a PRNG key, got {type(key).__name__}")
+
+
+def train_carry(model: LanguageModel, batch_size: int, key, dtype=jnp.float32):
+    """The initial carry of :func:`loss_fn`: ``(model.initial_carry(batch_size),
+    key_data)``, where ``key_data`` (``uint32``) seeds the dropout masks.
+
+    Args:
+      model: the :class:`LanguageModel`.
+      batch_size: ``B``.
+      key: an int seed or a PRNG key.
+    """
+    return model.initial_carry(batch_size, dtype), jax.random.key_data(_key(key))
+
+
+def loss(model: LanguageModel, params: dict, carry, x: Array, y: Array, key: Array | None = None):
+    """Mean next-token cross-entropy of a segment.
+
+    Args:
+      model: the :class:`LanguageModel`.
+      params: its parameters.
+      carry: the recurrent state at the start of the segment.
+      x: input ids ``(B, T)``.
+      y: target ids ``(B, T)`` (``x`` shifted by one token).
+      key: dropout key or ``None``.
+
+    Returns:
+      ``(loss, carry)``: the mean negative log-likelihood in nats per token and the
+      state after the segment.
+    """
+    carry, logits = model.apply(params, carry, x, key=key)
+    return softmax_cross_entropy(logits, y), carry
+
+
+def loss_fn(model: LanguageModel) -> Callable:
+    """``loss_fn(params, carry, x, y) -> (loss, carry)`` for :func:`jaxrnn.tbptt.make_step`.
+
+    ``carry = (rnn_carry, key_data)`` (start from :func:`train_carry`): the key is split
+    every call, one half drives this segment's dropout (unused when
+    ``model.dropout == 0``), the other is carried on.
+
+    Example::
+
+      >>> import jax, jax.numpy as jnp, jaxrnn as jr
+      >>> model = jr.lm.language_model(7, hidden=8, embed=4, dropout=0.5, layers=2)
+      >>> params = model.init(jax.random.key(0))
+      >>> f = jr.lm.loss_fn(model)
+      >>> x = jnp.zeros((3, 5), jnp.int32)
+      >>> l, carry = f(params, jr.lm.train_carry(model, 3, key=1), x, x)
+      >>> l.shape
+      ()
+    """
+    if not isinstance(model, LanguageModel):
+        raise TypeError(f"model must be a LanguageModel, got {type(model).__name__}")
+
+    def fn(params, carry, x, y):
+        if not isinstance(carry, (tuple, list)) or len(carry) != 2:
+            raise TypeError("carry must be the pair (rnn_carry, key_data) made by jr.lm.train_carry")
+        rnn_carry, key_data = carry
+        key, sub = jax.random.split(jax.random.wrap_key_data(key_data))
+        value, rnn_carry = loss(model, params, rnn_carry, x, y, key=sub if model.dropout > 0 else None)
+        return value, (rnn_carry, jax.random.key_data(key))
+
+    return fn
+
+
+# --------------------------------------------------------------------------- metrics
+
+
+def perplexity(nll):
+    """``exp(nll)``: perplexity from the mean negative log-likelihood in nats per token."""
+    return jnp.exp(jnp.asarray(nll))
+
+
+def bits_per_char(nll):
+    """``nll / ln 2``: bits per character (token) from the mean NLL in nats per token."""
+    return jnp.asarray(nll) / math.log(2.0)
+
+
+@partial(jax.jit, static_argnums=0)
+def _nll_sums(model: LanguageModel, params, carry, xs, ys):
+    """Scan segments ``xs, ys: (S, B, T)``; return the carry and each segment's NLL sum."""
+
+    def body(c, xy):
+        c, logits = model.apply(params, c, xy[0])
+        return c, softmax_cross_entropy(logits, xy[1], reduction="sum")
+
+    return jax.lax.scan(body, carry, (xs, ys))
+
+
+def evaluate(model: LanguageModel, params: dict, tokens, batch_size: int, seq_len: int) -> float:
+    """Mean negative log-likelihood (nats per token) of a token stream, without dropout.
+
+    The stream is cut into ``B = batch_size`` rows of ``L = (N - 1) // B`` steps: row
+    ``b`` reads ``tokens[b L : (b + 1) L]`` and predicts ``tokens[b L + 1 : (b + 1) L +
+    1]``, ``seq_len`` steps at a time, with the carry passed from segment to segment
+    (as in training with offset batches). ``B L`` tokens are predicted, each once; the
+    last ``(N - 1) mod B`` are left out. Full segments run in one jitted ``lax.scan``;
+    a shorter final segment in a second call.
+
+    Args:
+      model: the :class:`LanguageModel`.
+      params: its parameters.
+      tokens: 1-D integer ids, ``N >= batch_size + 1``.
+      batch_size: ``B``.
+      seq_len: segment length ``T``.
+
+    Returns:
+      The mean NLL as a Python float (feed it to :func:`perplexity` or
+      :func:`bits_per_char`).
+    """
+    batch_size = _positive_int("batch_size", batch_size)
+    seq_len = _positive_int("seq_len", seq_len)
+    tokens = np.asarray(tokens)
+    if tokens.ndim != 1 or not np.issubdtype(tokens.dtype, np.integer):
+        raise ValueError(f"tokens must be a 1-D integer array, got dtype {tokens.dtype} and shape {shape_str(tokens.shape)}")
+    n = tokens.shape[0]
+    length = (n - 1) // batch_size
+    if length < 1:
+        raise ValueError(f"tokens must hold at least batch_size + 1 = {batch_size + 1} tokens, got {n}")
+    x = tokens[: batch_size * length].reshape(batch_size, length).astype(np.int32)
+    y = tokens[1 : batch_size * length + 1].reshape(batch_size, length).astype(np.int32)
+    dtype = params["embed"]["table"].dtype
+    carry = model.initial_carry(batch_size, dtype)
+    full = length // seq_len
+    total = 0.0
+    if full:
+        xs = x[:, : full * seq_len].reshape(batch_size, full, seq_len).transpose(1, 0, 2)
+        ys = y[:, : full * seq_len].reshape(batch_size, full, seq_len).transpose(1, 0, 2)
+        carry, sums = _nll_sums(model, params, carry, jnp.asarray(xs), jnp.asarray(ys))
+        total += float(np.sum(np.asarray(sums, np.float64)))
+    if full * seq_len < length:
+        rest = slice(full * seq_len, length)
+        _, sums = _nll_sums(model, params, carry, jnp.asarray(x[None, :, rest]), jnp.asarray(y[None, :, rest]))
+        total += float(np.sum(np.asarray(sums, np.float64)))
+    return total / (batch_size * length)
+
+
+# --------------------------------------------------------------------------- generation
+
+
+def _pick(logits: Array, key: Array, temperature, top_k: int | None, greedy: bool) -> Array:
+    if greedy:
+        return jnp.argmax(logits, axis=-1).astype(jnp.int32)
+    logits = logits.astype(jnp.promote_types(logits.dtype, jnp.float32)) / temperature
+    if top_k is not None:
+        kth = jax.lax.top_k(logits, top_k)[0][..., -1:]
+        logits = jnp.where(logits < kth, -jnp.inf, logits)
+    return jax.random.categorical(key, logits, axis=-1).astype(jnp.int32)
+
+
+@partial(jax.jit, static_argnames=("model", "length", "top_k", "greedy"))
+def _generate(model: LanguageModel, params, key, prompt, temperature, *, length: int, top_k, greedy: bool):
+    carry = model.initial_carry(prompt.shape[0], params["embed"]["table"].dtype)
+    carry, logits = model.apply(params, carry, prompt)
+
+    def body(state, k):
+        c, lg = state
+        tok = _pick(lg, k, temperature, top_k, greedy)
+        c, lg = model.step(params, c, tok)
+        return (c, lg), tok
+
+    _, toks = jax.lax.scan(body, (carry, logits[:, -1]), jax.random.split(key, length))
+    return toks.T
+
+
+def _check_prompt(model: LanguageModel, prompt_ids) -> tuple[Array, bool]:
+    p = jnp.asarray(prompt_ids)
+    check_integer("prompt_ids", p)
+    if p.ndim not in (1, 2) or p.shape[-1] < 1:
+        raise ValueError(
+            f"prompt_ids must have shape (P,) or (batch, P) with P >= 1 (generation starts from at least one "
+            f"token), got {shape_str(p.shape)}"
+        )
+    values = np.asarray(p)
+    if values.min() < 0 or values.max() >= model.vocab_size:
+        raise ValueError(
+            f"prompt_ids must lie in [0, {model.vocab_size}) (vocab_size), got values in [{values.min()}, {values.max()}]"
+        )
+    return (p[None] if p.ndim == 1 else p).astype(jnp.int32), p.ndim == 1
+
+
+def sample(model: LanguageModel, params: dict, key, prompt_ids, length: int, temperature: float = 1.0,
+           top_k: int | None = None) -> Array:
+    """Sample ``length`` tokens after a prompt.
+
+    The prompt is read in one unroll; then each step draws ``w ~ softmax(logits / T)``
+    (restricted to the ``top_k`` most likely tokens when given) and feeds it back through
+    ``model.step``, all in one jitted ``lax.scan``.
+
+    Args:
+      model: the :class:`LanguageModel`.
+      params: its parameters.
+      key: PRNG key (or int seed).
+      prompt_ids: integer ids ``(P,)`` or ``(batch, P)``, ``P >= 1``.
+      length: number of tokens to generate.
+      temperature: ``T > 0``; below 1 sharpens, above 1 flattens the distribution.
+      top_k: keep only the ``k`` largest logits (``1 <= k <= V``), or ``None``.
+
+    Returns:
+      The generated ids (without the prompt), ``(length,)`` or ``(batch, length)``.
+
+    Example::
+
+      >>> import jax, jax.numpy as jnp, jaxrnn as jr
+      >>> model = jr.lm.language_model(5, hidden=8, embed=4)
+      >>> params = model.init(jax.random.key(0))
+      >>> jr.lm.sample(model, params, jax.random.key(1), jnp.array([0]), 6, top_k=2).shape
+      (6,)
+    """
+    length = _positive_int("length", length)
+    if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not temperature > 0:
+        raise ValueError(f"temperature must be a positive number, got {temperature!r}")
+    if top_k is not None:
+        if isinstance(top_k, bool) or not isinstance(top_k, (int, np.integer)) or not 1 <= top_k <= model.vocab_size:
+            raise ValueError(f"top_k must be None or an int in [1, {model.vocab_size}] (vocab_size), got {top_k!r}")
+        top_k = int(top_k)
+    prompt, single = _check_prompt(model, prompt_ids)
+    out = _generate(model, params, _key(key), prompt, jnp.float32(temperature), length=length, top_k=top_k,
+                    greedy=False)
+    return out[0] if single else out
+
+
+def greedy(model: LanguageModel, params: dict, prompt_ids, length: int) -> Array:
+    """Greedy decoding: after the prompt, repeatedly emit the most likely token.
+
+    Args:
+      model, params: the model and its parameters.
+      prompt_ids: integer ids ``(P,)`` or ``(batch, P)``, ``P >= 1``.
+      length: number of tokens to generate.
+
+    Returns:
+      The generated ids (without the prompt), ``(length,)`` or ``(batch, length)``.
+    """
+    length = _positive_int("length", length)
+    prompt, single = _check_prompt(model, prompt_ids)
+    out = _generate(model, params, jax.random.key(0), prompt, jnp.float32(1.0), length=length, top_k=None,
+                    greedy=True)
+    return out[0] if single else out
