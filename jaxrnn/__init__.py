@@ -6,6 +6,8 @@ through time. See ``README.md`` for a tour.
 
 from jaxrnn import layers
 from jaxrnn import corpus, lm
+from jaxrnn import bptt, data, tbptt
+from jaxrnn.optim import clipped
 from jaxrnn.cells import Cell, gru, lstm, rnn
 from jaxrnn.unroll import Bidirectional, Stack, bidirectional, output_size, stack, unroll
 from jaxrnn import interop  # imports torch only inside its functions
@@ -15,5 +17,5 @@ __version__ = "0.1.0"
 __all__ = [
     "Cell", "rnn", "lstm", "gru",
     "unroll", "stack", "bidirectional", "Stack", "Bidirectional", "output_size",
-    "layers", "corpus", "lm", "interop",
+    "layers", "corpus", "lm", "data", "tbptt", "bptt", "clipped", "interop",
 ]
