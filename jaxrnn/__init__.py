@@ -5,6 +5,7 @@ through time. See ``README.md`` for a tour.
 """
 
 from jaxrnn import layers
+from jaxrnn import diagnostics, tasks
 from jaxrnn import corpus, lm
 from jaxrnn import bptt, data, tbptt
 from jaxrnn.optim import clipped
@@ -18,4 +19,5 @@ __all__ = [
     "Cell", "rnn", "lstm", "gru",
     "unroll", "stack", "bidirectional", "Stack", "Bidirectional", "output_size",
     "layers", "corpus", "lm", "data", "tbptt", "bptt", "clipped", "interop",
+    "diagnostics", "tasks",
 ]
