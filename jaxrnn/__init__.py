@@ -5,10 +5,11 @@ through time. See ``README.md`` for a tour.
 """
 
 from jaxrnn import layers
-from jaxrnn import diagnostics, tasks
 from jaxrnn import corpus, lm
-from jaxrnn import bptt, data, tbptt
+from jaxrnn import bptt, checkpoint, data, tbptt
 from jaxrnn.optim import clipped
+from jaxrnn import diagnostics, tasks
+from jaxrnn import sequence
 from jaxrnn.cells import Cell, gru, lstm, rnn
 from jaxrnn.unroll import Bidirectional, Stack, bidirectional, output_size, stack, unroll
 from jaxrnn import interop  # imports torch only inside its functions
@@ -18,6 +19,6 @@ __version__ = "0.1.0"
 __all__ = [
     "Cell", "rnn", "lstm", "gru",
     "unroll", "stack", "bidirectional", "Stack", "Bidirectional", "output_size",
-    "layers", "corpus", "lm", "data", "tbptt", "bptt", "clipped", "interop",
+    "layers", "corpus", "lm", "data", "tbptt", "bptt", "checkpoint", "clipped", "sequence", "interop",
     "diagnostics", "tasks",
 ]
