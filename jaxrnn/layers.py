@@ -102,7 +102,9 @@ def softmax_cross_entropy(
 
     Args:
       logits: ``(..., V)`` floating, e.g. ``(B, T, V)``.
-      labels: integer ids of shape ``logits.shape[:-1]``.
+      labels: integer ids of shape ``logits.shape[:-1]``, in ``[0, V)`` (checked when
+        their values are known, outside ``jit``; inside ``jit`` an out-of-range label
+        gives a NaN loss).
       mask: optional, broadcastable to ``labels.shape``; positions where it is 0/False
         are ignored (padding). ``None`` keeps every position.
       reduction: ``"mean"`` (over kept positions; 0 when none is kept), ``"sum"``, or
@@ -120,6 +122,12 @@ def softmax_cross_entropy(
         )
     if reduction not in ("mean", "sum", "none"):
         raise ValueError(f"reduction must be 'mean', 'sum' or 'none', got {reduction!r}")
+    values = concrete_values(labels)
+    if values is not None and values.size and (values.min() < 0 or values.max() >= logits.shape[-1]):
+        raise ValueError(
+            f"labels must lie in [0, {logits.shape[-1]}) (logits.shape[-1]), "
+            f"got values in [{int(values.min())}, {int(values.max())}]"
+        )
     logits = logits.astype(jnp.promote_types(logits.dtype, jnp.float32))
     logz = jax.nn.logsumexp(logits, axis=-1)
     picked = jnp.take_along_axis(logits, labels[..., None].astype(jnp.int32), axis=-1)[..., 0]

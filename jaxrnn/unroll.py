@@ -24,6 +24,7 @@ import jax.numpy as jnp
 
 from jaxrnn._checks import check_floating, check_integer, check_rank, concrete_values, shape_str
 from jaxrnn.cells import Cell, check_carry, check_params
+from jaxrnn import fused as _fused
 from jaxrnn.layers import dropout as _dropout
 
 Array = jax.Array
@@ -269,8 +270,11 @@ def _unroll_cell(cell: Cell, params, xs_tm: Array, carry, lengths, reverse: bool
             f"got {xs_tm.shape[-1]} in xs of shape {shape_str(xs_tm.shape)} (time-major view)"
         )
     batch = tuple(xs_tm.shape[1:-1])
+    # The step computes in the promoted dtype of xs and the params (e.g. bfloat16 inputs
+    # with float32 weights give a float32 state); the carry must already hold that dtype.
+    dtype = jnp.result_type(xs_tm.dtype, *(p.dtype for p in jax.tree_util.tree_leaves(params)))
     if carry is None:
-        carry = cell.initial_carry(batch if batch else None, xs_tm.dtype)
+        carry = cell.initial_carry(batch if batch else None, dtype)
     else:
         carry_batch = check_carry(carry, cell.kind, cell.hidden_size)
         if carry_batch != batch:
@@ -278,14 +282,24 @@ def _unroll_cell(cell: Cell, params, xs_tm: Array, carry, lengths, reverse: bool
                 f"carry has batch shape {shape_str(carry_batch)} but xs has batch shape "
                 f"{shape_str(batch)}; they must match"
             )
+        for leaf in jax.tree_util.tree_leaves(carry):
+            if jnp.result_type(dtype, leaf.dtype) != leaf.dtype:
+                raise TypeError(
+                    f"carry has dtype {leaf.dtype} but the step computes in {dtype} (xs is "
+                    f"{xs_tm.dtype}, params['w_x'] is {params['w_x'].dtype}); pass a carry of dtype {dtype}"
+                )
     steps = xs_tm.shape[0]
     mask = None
     if lengths is not None:
         mask = jnp.arange(steps).reshape((steps,) + (1,) * len(batch)) < lengths
     if reverse:
         xs_tm = _reverse_valid(xs_tm, lengths)
-    xp = cell.project(params, xs_tm)
-    carry, ys = _scan_cell(cell, params, xp, carry, mask, unroll, remat)
+    if _fused.applies(cell, params, xs_tm, carry):
+        # Built-in cells: hand-written derivative, chunked projection (jaxrnn/fused.py).
+        carry, ys = _fused.scan(cell, params, xs_tm, carry, mask, unroll, remat)
+    else:
+        xp = cell.project(params, xs_tm)
+        carry, ys = _scan_cell(cell, params, xp, carry, mask, unroll, remat)
     if reverse:
         ys = _reverse_valid(ys, lengths)
     return carry, ys
@@ -343,7 +357,7 @@ def unroll(
       xs: ``(batch, time, features)``; ``(time, batch, features)`` with
         ``time_major=True``; or ``(time, features)`` for one unbatched sequence.
       carry: the initial carry; ``None`` means zeros (``cell.initial_carry``) in the dtype
-        of ``xs``.
+        the step computes in: that of ``xs`` promoted with the params' dtypes.
       lengths: optional integer array of shape ``(batch,)`` (a scalar for an unbatched
         sequence): the number of valid steps in each row. After a row's last valid step
         the carry stops changing and the outputs are zero, so the final carry is the
