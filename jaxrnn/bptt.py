@@ -29,7 +29,8 @@ Example::
   >>> tx = jr.clipped(optax.sgd(0.1), max_norm=1.0)
   >>> state = jr.bptt.init_state(params, tx, cell.initial_carry(4))
   >>> step = jr.bptt.make_step(loss_fn, tx)
-  >>> state, metrics = step(state, jnp.ones((4, 20, 3)), jnp.zeros((4, 20, 1)))
+  >>> x, y = jnp.ones((4, 20, 3), jnp.float32), jnp.zeros((4, 20, 1), jnp.float32)
+  >>> state, metrics = step(state, x, y)
   >>> sorted(metrics), int(state.step)
   (['grad_norm', 'loss'], 1)
 """
@@ -43,7 +44,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from jaxrnn import optim
+from jaxrnn import optim, parallel
 from jaxrnn._checks import shape_str
 
 __all__ = ["TrainState", "init_state", "make_step", "Step"]
@@ -151,37 +152,47 @@ class Step:
     traced it (once per distinct set of input shapes, dtypes and tree structures), so a
     loop that never retraces keeps ``trace_count == 1``. The state argument is donated:
     its buffers are reused for the new state, so do not use a state after passing it in.
+
+    With a ``mesh`` (:func:`jaxrnn.parallel.data_mesh`) the step is data-parallel: every
+    call places the batch arguments split along ``batch_axis`` and the state as
+    :func:`jaxrnn.parallel.shard_state` does, and the new state keeps those shardings.
     """
 
-    def __init__(self, fn: Callable, *, donate: bool = True, name: str = "step", quiet_donation: bool = False):
+    def __init__(self, fn: Callable, *, donate: bool = True, name: str = "step", quiet_donation: bool = False,
+                 mesh: Any = None, batch_axis: int = 0):
         self.trace_count = 0
         self._fn = fn
         self._quiet = quiet_donation and donate
+        self.mesh, self._batch_axis = (None if mesh is None else parallel._check_mesh(mesh)), batch_axis
 
-        def traced(*args):
+        def traced(state, *args, **kwargs):
             self.trace_count += 1
-            return fn(*args)
+            if self.mesh is not None:
+                return parallel.sharded_call(fn, self.mesh, state, args, kwargs, batch_axis)
+            return fn(state, *args, **kwargs)
 
         traced.__name__ = name
         self.jitted = jax.jit(traced, donate_argnums=(0,) if donate else ())
         self.__name__ = name
         self.__doc__ = fn.__doc__
 
-    def __call__(self, state, *args):
+    def __call__(self, state, *args, **kwargs):
+        if self.mesh is not None:
+            state, args, kwargs = parallel.place_step_inputs(self._fn, self.mesh, state, args, kwargs, self._batch_axis)
         if not self._quiet:
-            return self.jitted(state, *args)
+            return self.jitted(state, *args, **kwargs)
         # A state whose buffers change shape on some calls (the filling history of
         # TBPTT(k1, k2)) cannot reuse all donated buffers on those calls; that is expected.
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message="Some donated buffers were not usable")
-            return self.jitted(state, *args)
+            return self.jitted(state, *args, **kwargs)
 
-    def unjitted(self, state, *args):
+    def unjitted(self, state, *args, **kwargs):
         """The same computation without ``jit`` (for composing into other transforms)."""
-        return self._fn(state, *args)
+        return self._fn(state, *args, **kwargs)
 
 
-def make_step(loss_fn: LossFn, tx: optax.GradientTransformation, *, donate: bool = True) -> Step:
+def make_step(loss_fn: LossFn, tx: optax.GradientTransformation, *, donate: bool = True, mesh: Any = None) -> Step:
     """A jitted full-BPTT step: ``state, metrics = step(state, x, y)``.
 
     Args:
@@ -190,6 +201,10 @@ def make_step(loss_fn: LossFn, tx: optax.GradientTransformation, *, donate: bool
         be arrays or any pytrees (e.g. ``(inputs, lengths)``).
       tx: the optax transformation that ``state.opt_state`` belongs to.
       donate: donate the state's buffers to the new state.
+      mesh: a ``jax.sharding.Mesh`` (:func:`jaxrnn.parallel.data_mesh`) to split the
+        batch (axis 0 of ``x``, ``y`` and the carry) over, with the parameters and
+        optimizer state replicated; ``None``: one device. The batch size must be a
+        multiple of the number of devices (else ``ValueError``).
 
     Returns:
       A :class:`Step` ``step(state, x, y) -> (state, metrics)``. Every call starts from
@@ -208,7 +223,7 @@ def make_step(loss_fn: LossFn, tx: optax.GradientTransformation, *, donate: bool
         params, opt_state, metrics = apply_gradients(tx, state.params, state.opt_state, grads, loss)
         return TrainState(params, opt_state, state.carry, state.step + 1), metrics
 
-    return Step(bptt_step, donate=donate, name="bptt_step")
+    return Step(bptt_step, donate=donate, name="bptt_step", mesh=mesh)
 
 
 def _check_state(state: Any) -> None:

@@ -65,13 +65,15 @@ __all__ = [
 def reset_carry(carry: Any, mask: Any, initial: Any = None) -> Any:
     """Reset the rows of ``carry`` selected by ``mask``; the other rows are unchanged.
 
-    ``carry'[b] = initial[b] if mask[b] else carry[b]`` for every leaf (``initial``
-    defaults to zeros). Use it where a new document starts in row ``b`` of the batch, so
-    the state of the previous document does not leak into it. The reset rows are
-    constants: no gradient flows through them.
+    ``carry'[b] = initial[b] if mask[b] else carry[b]`` for every floating leaf
+    (``initial`` defaults to zeros). Use it where a new document starts in row ``b`` of
+    the batch, so the state of the previous document does not leak into it. The reset
+    rows are constants: no gradient flows through them. Leaves that are not floating
+    (e.g. the PRNG key data a dropout model keeps in its carry) pass through unchanged.
 
     Args:
-      carry: a pytree whose leaves all have the batch as their leading axis ``(B, ...)``.
+      carry: a pytree whose floating leaves all have the batch as their leading axis
+        ``(B, ...)``.
       mask: bool array of shape ``(B,)``.
       initial: ``None`` (zeros) or a pytree like ``carry`` (e.g. ``cell.initial_carry(B)``).
 
@@ -92,6 +94,8 @@ def reset_carry(carry: Any, mask: Any, initial: Any = None) -> Any:
     batch = mask.shape[0]
     leaves, treedef = jax.tree_util.tree_flatten(carry)
     for i, leaf in enumerate(leaves):
+        if not _is_float(leaf):
+            continue
         if leaf.ndim < 1 or leaf.shape[0] != batch:
             raise ValueError(
                 f"every carry leaf must have the batch ({batch}, the length of mask) as its leading axis; "
@@ -105,10 +109,17 @@ def reset_carry(carry: Any, mask: Any, initial: Any = None) -> Any:
             raise ValueError(f"initial must have the tree structure of carry {treedef}, got {init_def}")
     out = []
     for leaf, init in zip(leaves, init_leaves):
+        if not _is_float(leaf):
+            out.append(leaf)
+            continue
         m = mask.reshape((batch,) + (1,) * (leaf.ndim - 1))
         fill = jnp.zeros_like(leaf) if init is None else jnp.broadcast_to(jnp.asarray(init, leaf.dtype), leaf.shape)
         out.append(jnp.where(m, jax.lax.stop_gradient(fill), leaf))
     return jax.tree_util.tree_unflatten(treedef, out)
+
+
+def _is_float(x: Any) -> bool:
+    return jnp.issubdtype(x.dtype, jnp.inexact)
 
 
 def _check_new_carry(old: Any, new: Any) -> None:
@@ -128,7 +139,7 @@ def _check_new_carry(old: Any, new: Any) -> None:
 
 
 def _all_finite(tree: Any) -> jax.Array:
-    leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree_util.tree_leaves(tree) if jnp.issubdtype(x.dtype, jnp.inexact)]
+    leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree_util.tree_leaves(tree) if _is_float(x)]
     return jnp.all(jnp.stack(leaves)) if leaves else jnp.array(True)
 
 
@@ -137,7 +148,7 @@ def _guard_carry(opt_state: Any, old: Any, new: Any) -> Any:
     if not optim.has_skipping(opt_state):
         return new
     ok = _all_finite(new)
-    return jax.tree_util.tree_map(lambda n, o: jnp.where(ok, n, o), new, old)
+    return jax.tree_util.tree_map(lambda n, o: jnp.where(ok, n, o) if _is_float(n) else n, new, old)
 
 
 # --------------------------------------------------------------------------- TBPTT(k, k)
@@ -162,7 +173,7 @@ def _check_fn(loss_fn: Any, tx: Any) -> None:
     optim._check_tx("tx", tx)
 
 
-def make_step(loss_fn: LossFn, tx: optax.GradientTransformation, *, donate: bool = True) -> Step:
+def make_step(loss_fn: LossFn, tx: optax.GradientTransformation, *, donate: bool = True, mesh: Any = None) -> Step:
     """A jitted TBPTT step over one segment: ``state, metrics = step(state, x, y, reset=None)``.
 
     One call = forward over the segment from ``state.carry``, gradient with respect to the
@@ -177,6 +188,11 @@ def make_step(loss_fn: LossFn, tx: optax.GradientTransformation, *, donate: bool
       tx: the optax transformation that ``state.opt_state`` belongs to.
       donate: donate the state's buffers to the new state (the state passed in must not
         be used again).
+      mesh: a ``jax.sharding.Mesh`` (:func:`jaxrnn.parallel.data_mesh`) to split the
+        batch (axis 0 of ``x``, ``y``, ``reset`` and the carry) over, with the parameters
+        and optimizer state replicated: data parallelism with the same results as one
+        device. ``None``: one device. The batch size must be a multiple of the number of
+        devices (else ``ValueError``).
 
     Returns:
       A :class:`~jaxrnn.bptt.Step` ``step(state, x, y, reset=None) -> (state, metrics)``.
@@ -194,11 +210,11 @@ def make_step(loss_fn: LossFn, tx: optax.GradientTransformation, *, donate: bool
         """One TBPTT segment."""
         return _segment_step(loss_fn, tx, state, x, y, reset)
 
-    step = Step(tbptt_step, donate=donate, name="tbptt_step")
+    step = Step(tbptt_step, donate=donate, name="tbptt_step", mesh=mesh)
     return step
 
 
-def make_epoch(loss_fn: LossFn, tx: optax.GradientTransformation, *, donate: bool = True) -> Step:
+def make_epoch(loss_fn: LossFn, tx: optax.GradientTransformation, *, donate: bool = True, mesh: Any = None) -> Step:
     """The fused mode: many TBPTT segments inside one jitted ``lax.scan``.
 
     ``state, metrics = epoch(state, xs, ys, resets=None)`` with ``xs``/``ys`` holding
@@ -209,6 +225,7 @@ def make_epoch(loss_fn: LossFn, tx: optax.GradientTransformation, *, donate: boo
 
     Args:
       loss_fn, tx, donate: as for :func:`make_step`.
+      mesh: as for :func:`make_step`; the batch is axis 1 of ``xs``, ``ys``, ``resets``.
 
     Returns:
       A :class:`~jaxrnn.bptt.Step` ``epoch(state, xs, ys, resets=None)``; ``resets``, if
@@ -230,7 +247,7 @@ def make_epoch(loss_fn: LossFn, tx: optax.GradientTransformation, *, donate: boo
 
         return jax.lax.scan(body, state, (xs, ys, resets))
 
-    return Step(tbptt_epoch, donate=donate, name="tbptt_epoch")
+    return Step(tbptt_epoch, donate=donate, name="tbptt_epoch", mesh=mesh, batch_axis=1)
 
 
 # --------------------------------------------------------------------------- TBPTT(k1, k2)
@@ -287,6 +304,7 @@ def make_k1k2_step(
     *,
     reduction: str = "mean",
     donate: bool = True,
+    mesh: Any = None,
 ) -> Step:
     """TBPTT(k1, k2): an update every ``k1`` steps, backpropagating ``k2 >= k1`` steps.
 
@@ -320,11 +338,13 @@ def make_k1k2_step(
       k2: steps backpropagated, ``k2 >= k1``.
       reduction: ``"mean"`` or ``"sum"``, how ``loss_fn`` reduces over time (see above).
       donate: donate the state's buffers.
+      mesh: as for :func:`make_step` (the history is split over the batch like the carry).
 
     Returns:
       A :class:`~jaxrnn.bptt.Step` ``step(state, x, y) -> (state, metrics)`` over a
       :class:`K1K2State` from :func:`init_k1k2_state`, with the metrics of
-      :func:`make_step`. It is traced once per distinct history length: ``ceil((k2 -
+      :func:`make_step` (``"loss"``: the loss over the ``k1`` new steps; ``"grad_norm"``:
+      the norm of its gradient through the whole window, before clipping). It is traced once per distinct history length: ``ceil((k2 -
       k1) / k1) + 1`` times while the history fills, then never again.
     """
     _check_fn(loss_fn, tx)
@@ -374,4 +394,4 @@ def make_k1k2_step(
         hy = None if h_next == 0 else _slice_t(wy, cut, w)
         return K1K2State(params, opt_state, carry, state.step + 1, next_start, hx, hy), metrics
 
-    return Step(k1k2_step, donate=donate, name="k1k2_step", quiet_donation=True)
+    return Step(k1k2_step, donate=donate, name="k1k2_step", quiet_donation=True, mesh=mesh)

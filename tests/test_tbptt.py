@@ -47,10 +47,16 @@ def ref_steps(params, h, x, y):
     return losses, states
 
 
-@jax.jit
 def ref_segment(params, h, x, y):
     losses, states = ref_steps(params, h, x, y)
     return sum(losses) / len(losses), states[-1]
+
+
+# The references, compiled once each (eager op-by-op autodiff of the loops is slow).
+ref_forward = jax.jit(lambda p, h, x, y: ref_segment(p, h, x, y)[1])
+ref_value_and_grad = jax.jit(jax.value_and_grad(lambda p, h, x, y: ref_segment(p, h, x, y)[0]))
+# The uncut gradient of segment 2: through segment 1's forward into the carry.
+ref_uncut_grad = jax.jit(jax.grad(lambda p, h0, x1, x2, y2: ref_segment(p, ref_forward(p, h0, x1, x1[..., :1]), x2, y2)[0]))
 
 
 @partial(jax.jit, static_argnums=4)
@@ -101,20 +107,20 @@ def test_two_steps_match_hand_computed_reference():
     state, m2 = step(state, x[:, T:], y[:, T:])
 
     x1, y1, x2, y2 = x[:, :T], y[:, :T], x[:, T:], y[:, T:]
-    l1, g1 = jax.value_and_grad(lambda p: ref_segment(p, h0, x1, y1)[0])(params)
+    l1, g1 = ref_value_and_grad(params, h0, x1, y1)
     p1 = sgd(params, g1, lr)
-    h1 = ref_segment(params, h0, x1, y1)[1]  # segment 1's forward state, held constant
-    l2, g2 = jax.value_and_grad(lambda p: ref_segment(p, h1, x2, y2)[0])(p1)
+    h1 = ref_forward(params, h0, x1, y1)  # segment 1's forward state, held constant
+    l2, g2 = ref_value_and_grad(p1, h1, x2, y2)
     p2 = sgd(p1, g2, lr)
     assert_tree_close(state.params, p2)
-    assert_tree_close(state.carry, ref_segment(p1, h1, x2, y2)[1])  # the true forward state
+    assert_tree_close(state.carry, ref_forward(p1, h1, x2, y2))  # the true forward state
     np.testing.assert_allclose(m1["loss"], l1, rtol=1e-12)
     np.testing.assert_allclose(m2["loss"], l2, rtol=1e-12)
     np.testing.assert_allclose(m2["grad_norm"], optax.tree.norm(g2), rtol=1e-12)
     assert int(state.step) == 2
 
     # The uncut gradient (through segment 1 into the carry) differs: the cut is real.
-    g2_uncut = jax.grad(lambda p: ref_segment(p, ref_segment(p, h0, x1, y1)[1], x2, y2)[0])(p1)
+    g2_uncut = ref_uncut_grad(p1, h0, x1, x2, y2)
     diff = optax.tree.norm(tmap(jnp.subtract, g2_uncut, g2))
     assert diff > 1e-3 * optax.tree.norm(g2)
     with pytest.raises(AssertionError):
@@ -167,7 +173,7 @@ def test_reset_rows_start_from_zero_and_keep_others():
     carry = (jnp.full((B, H), 0.7), jnp.full((B, H), -0.4))
     tx = optax.sgd(0.1)
     mask = np.array([True, False])
-    s1, m1 = jr.tbptt.make_step(lf, tx)(jr.tbptt.init_state(params, tx, carry), x, y, mask)
+    s1, m1 = jr.tbptt.make_step(lf, tx)(jr.tbptt.init_state(params, tx, carry), x, y, reset=mask)
     manual = (carry[0].at[0].set(0.0), carry[1].at[0].set(0.0))
     s2, m2 = jr.tbptt.make_step(lf, tx)(jr.tbptt.init_state(params, tx, manual), x, y)
     assert_tree_close(s1.params, s2.params)
@@ -179,6 +185,11 @@ def test_reset_rows_start_from_zero_and_keep_others():
     np.testing.assert_array_equal(c, [[-0.4] * H, [0.0] * H])
     with pytest.raises(ValueError, match="mask"):
         jr.tbptt.reset_carry(carry, jnp.array([True, False, True]))
+    # Non-floating leaves (a dropout key's data carried along) are left alone.
+    key_data = jax.random.key_data(jax.random.key(0))
+    h2, kd = jr.tbptt.reset_carry((carry[0], key_data), jnp.array([True, True]))
+    np.testing.assert_array_equal(h2, np.zeros((B, H)))
+    np.testing.assert_array_equal(kd, key_data)
     with pytest.raises(TypeError, match="bool"):
         jr.tbptt.reset_carry(carry, jnp.array([1, 0]))
 
@@ -252,27 +263,14 @@ def test_fused_epoch_equals_step_by_step_loop(with_resets):
     args = (xs, ys) + ((resets,) if with_resets else ())
     fused, fm = epoch(jr.tbptt.init_state(params, tx, h0), *args)
     assert fm["loss"].shape == (S,) and epoch.trace_count == 1
-    assert_tree_close((fused.params, fused.opt_state, fused.carry), (state.params, state.opt_state, state.carry),
-                      rtol=2e-6, atol=1e-7)
-    np.testing.assert_allclose(fm["loss"], losses, rtol=2e-6)
-    np.testing.assert_allclose(fm["grad_norm"], norms, rtol=2e-6)
     assert int(fused.step) == S
-
-
-def test_fused_epoch_equals_loop_exactly_in_float64():
-    S, T = 4, 3
-    x, y = data(S * T, seed=5)
-    xs, ys = jr.data.split_segments((x, y), T)
-    params = make_params()
-    tx = optax.sgd(0.2)
-    h0 = jnp.zeros((B, H))
-    step = jr.tbptt.make_step(loss_fn, tx)
-    state = jr.tbptt.init_state(params, tx, h0)
-    for k in range(S):
-        state, _ = step(state, xs[k], ys[k])
-    fused, _ = jr.tbptt.make_epoch(loss_fn, tx)(jr.tbptt.init_state(params, tx, h0), xs, ys)
-    assert_tree_close(fused.params, state.params, rtol=1e-13, atol=1e-14)
-    assert_tree_close(fused.carry, state.carry, rtol=1e-13, atol=1e-14)
+    if jax.default_backend() == "cpu":  # the same XLA program on CPU: identical bits
+        assert_tree_equal(fused, state)
+        np.testing.assert_array_equal(fm["loss"], losses)
+        np.testing.assert_array_equal(fm["grad_norm"], norms)
+    else:  # pragma: no cover - accelerators may fuse the scan body differently
+        assert_tree_close(fused, state, rtol=2e-6, atol=1e-7)
+        np.testing.assert_allclose(fm["loss"], losses, rtol=2e-6)
 
 
 # --------------------------------------------------------------------------- TBPTT(k1, k2)
@@ -292,7 +290,7 @@ def ref_k1k2(params, h0, x, y, k1, k2, lr, updates):
     return p, stored[updates * k1]
 
 
-@pytest.mark.parametrize("k1, k2", [(2, 5), (1, 3)])
+@pytest.mark.parametrize("k1, k2", [(2, 5)])
 def test_k1k2_matches_hand_computed_reference(k1, k2):
     updates, lr = 6, 0.2
     params = make_params(seed=4)
@@ -331,7 +329,7 @@ def test_k1k2_with_equal_k_is_plain_tbptt_and_sum_reduction():
         loss, c = loss_fn(p, c, x, y)
         return loss * x.shape[1], c
 
-    k1, k2 = 2, 5
+    k1, k2 = 2, 3
     a = jr.tbptt.init_k1k2_state(params, tx, h0)
     txs = optax.sgd(lr / k1)
     b = jr.tbptt.init_k1k2_state(params, txs, h0)
