@@ -161,6 +161,8 @@ def language_model(
     emb = embedding(vocab_size, embed, scale=(1.0 / math.sqrt(embed)) if tie else 1.0)
 
     def init(key: Array, dtype=jnp.float32) -> dict:
+        if not jnp.issubdtype(jnp.dtype(dtype), jnp.floating):
+            raise TypeError(f"dtype must be a floating dtype, got {jnp.dtype(dtype)}")
         k_e, k_r, k_o = jax.random.split(key, 3)
         params = {"embed": emb.init(k_e, dtype), "rnn": net.init(k_r, embed, dtype)}
         if tie:
@@ -307,14 +309,10 @@ def bits_per_char(nll):
 
 
 @partial(jax.jit, static_argnums=0)
-def _nll_sums(model: LanguageModel, params, carry, xs, ys):
-    """Scan segments ``xs, ys: (S, B, T)``; return the carry and each segment's NLL sum."""
-
-    def body(c, xy):
-        c, logits = model.apply(params, c, xy[0])
-        return c, softmax_cross_entropy(logits, xy[1], reduction="sum")
-
-    return jax.lax.scan(body, carry, (xs, ys))
+def _segment_nll(model: LanguageModel, params, carry, x, y, mask):
+    """The carry after segment ``x`` and the NLL sum over the positions where ``mask``."""
+    carry, logits = model.apply(params, carry, x)
+    return carry, softmax_cross_entropy(logits, y, mask=mask, reduction="sum")
 
 
 def evaluate(model: LanguageModel, params: dict, tokens, batch_size: int, seq_len: int) -> float:
@@ -324,8 +322,9 @@ def evaluate(model: LanguageModel, params: dict, tokens, batch_size: int, seq_le
     ``b`` reads ``tokens[b L : (b + 1) L]`` and predicts ``tokens[b L + 1 : (b + 1) L +
     1]``, ``seq_len`` steps at a time, with the carry passed from segment to segment
     (as in training with offset batches). ``B L`` tokens are predicted, each once; the
-    last ``(N - 1) mod B`` are left out. Full segments run in one jitted ``lax.scan``;
-    a shorter final segment in a second call.
+    last ``(N - 1) mod B`` are left out. Each segment is one call of a jitted function;
+    a shorter last segment is padded and masked, so one compilation serves every split
+    of the same ``(B, T)``. The sum is accumulated in float64 on the host.
 
     Args:
       model: the :class:`LanguageModel`.
@@ -347,22 +346,21 @@ def evaluate(model: LanguageModel, params: dict, tokens, batch_size: int, seq_le
     length = (n - 1) // batch_size
     if length < 1:
         raise ValueError(f"tokens must hold at least batch_size + 1 = {batch_size + 1} tokens, got {n}")
-    x = tokens[: batch_size * length].reshape(batch_size, length).astype(np.int32)
-    y = tokens[1 : batch_size * length + 1].reshape(batch_size, length).astype(np.int32)
-    dtype = params["embed"]["table"].dtype
-    carry = model.initial_carry(batch_size, dtype)
-    full = length // seq_len
-    total = 0.0
-    if full:
-        xs = x[:, : full * seq_len].reshape(batch_size, full, seq_len).transpose(1, 0, 2)
-        ys = y[:, : full * seq_len].reshape(batch_size, full, seq_len).transpose(1, 0, 2)
-        carry, sums = _nll_sums(model, params, carry, jnp.asarray(xs), jnp.asarray(ys))
-        total += float(np.sum(np.asarray(sums, np.float64)))
-    if full * seq_len < length:
-        rest = slice(full * seq_len, length)
-        _, sums = _nll_sums(model, params, carry, jnp.asarray(x[None, :, rest]), jnp.asarray(y[None, :, rest]))
-        total += float(np.sum(np.asarray(sums, np.float64)))
-    return total / (batch_size * length)
+    segments = -(-length // seq_len)
+    padded = segments * seq_len
+    x = np.zeros((batch_size, padded), np.int32)
+    y = np.zeros((batch_size, padded), np.int32)
+    x[:, :length] = tokens[: batch_size * length].reshape(batch_size, length)
+    y[:, :length] = tokens[1 : batch_size * length + 1].reshape(batch_size, length)
+    mask = np.zeros((1, padded), bool)
+    mask[:, :length] = True
+    carry = model.initial_carry(batch_size, params["embed"]["table"].dtype)
+    sums = []
+    for i in range(segments):
+        seg = slice(i * seq_len, (i + 1) * seq_len)
+        carry, total = _segment_nll(model, params, carry, x[:, seg], y[:, seg], mask[:, seg])
+        sums.append(total)
+    return float(np.sum(np.asarray(jax.device_get(sums), np.float64))) / (batch_size * length)
 
 
 # --------------------------------------------------------------------------- generation

@@ -1,0 +1,673 @@
+"""The ``jaxrnn`` command: train, evaluate and sample RNN language models.
+
+::
+
+    jaxrnn train [--corpus PATH] [--level char|word] [--format text|ptb] [--cell lstm|gru|rnn]
+                 [--layers N] [--hidden H] [--embed E] [--dropout P] [--tie]
+                 [--batch-size B] [--seq-len T] [--steps N | --epochs N]
+                 [--optimizer adam|sgd] [--lr LR] [--clip C] [--seed S] [--eval-every N]
+                 [--out DIR] [--resume] [--devices N]
+    jaxrnn eval --run DIR [--split valid|test]
+    jaxrnn generate --run DIR [--prompt TEXT] [--length N] [--temperature T] [--top-k K]
+
+``jaxrnn train`` with no arguments trains a character-level LSTM on the default corpus
+(the Python standard library's source, see :func:`jaxrnn.corpus.load_default`).
+
+Training is truncated BPTT over offset batches (:func:`jaxrnn.data.offset_batches`,
+:func:`jaxrnn.tbptt.make_step`) with global-norm clipping (:func:`jaxrnn.clipped`). The
+run directory ``DIR`` receives:
+
+* ``config.json``: the corpus, model and training settings;
+* ``checkpoint.safetensors``: parameters, optimizer state, carry (with the dropout
+  key), step, stream position, vocabulary and history (written at the end, on Ctrl-C,
+  and after every validation);
+* ``metrics.json``: final validation and test loss / perplexity (/ bits per character),
+  steps, tokens per second, wall time, and the curves' data;
+* ``curves.png``: training and validation curves;
+* ``sample.txt``: text generated at the end.
+
+Ctrl-C stops after the current step, saves the checkpoint and exits with status 130;
+``jaxrnn train --out DIR --resume`` continues exactly where it stopped (the same
+parameters as an uninterrupted run). ``--steps`` / ``--epochs`` count from the start
+of the run, so resuming with a larger value trains further.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import signal
+import sys
+import time
+from typing import Any, Sequence
+
+import numpy as np
+
+__all__ = ["main", "build_parser"]
+
+CONFIG = "config.json"
+CHECKPOINT = "checkpoint.safetensors"
+METRICS = "metrics.json"
+CURVES = "curves.png"
+SAMPLE = "sample.txt"
+
+#: Defaults of ``jaxrnn train``; a value given on the command line overrides them.
+TRAIN_DEFAULTS: dict[str, Any] = {
+    "corpus": None, "level": "char", "format": "text", "max_vocab": None,
+    "cell": "lstm", "layers": 1, "hidden": 256, "embed": 64, "dropout": 0.0, "tie": False,
+    "batch_size": 32, "seq_len": 64, "steps": None, "epochs": None,
+    "optimizer": "adam", "lr": None, "clip": 5.0, "seed": 0, "eval_every": None,
+    "eval_batch_size": None, "sample_length": None, "temperature": 0.8,
+}
+DEFAULT_STEPS = 400
+DEFAULT_LR = {"adam": 2e-3, "sgd": 1.0}
+# Settings that define the model, the data order and the optimizer: a resumed run must
+# keep them (steps, epochs, eval_every and the sample settings may change). --corpus may
+# point elsewhere (a moved file) if its vocabulary and length match the checkpoint's.
+_FIXED_ON_RESUME = ("level", "format", "max_vocab", "cell", "layers", "hidden", "embed", "dropout",
+                    "tie", "batch_size", "seq_len", "optimizer", "lr", "clip", "seed")
+
+
+class CLIError(Exception):
+    """A bad command line or input: printed without a traceback, exit status 2."""
+
+
+# --------------------------------------------------------------------------- parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="jaxrnn", description="Train, evaluate and sample RNN language models with JAX.")
+    sub = p.add_subparsers(dest="command", metavar="{train,eval,generate}")
+    sub.required = True
+
+    t = sub.add_parser("train", help="train a language model (TBPTT over offset batches)",
+                       description="Train an RNN language model with truncated BPTT. Without --corpus it reads "
+                                   "the Python standard library's source at character level.")
+    S = argparse.SUPPRESS  # unset options stay absent, so --resume can tell them from defaults
+    d = TRAIN_DEFAULTS
+    t.add_argument("--corpus", default=S, metavar="PATH",
+                   help="text file, or Penn-Treebank directory/file with --format ptb (default: Python stdlib source)")
+    t.add_argument("--level", choices=["char", "word"], default=S, help=f"token level (default {d['level']})")
+    t.add_argument("--format", choices=["text", "ptb"], default=S, help="plain text (80/10/10 split) or "
+                   "ptb.{train,valid,test}.txt (default text)")
+    t.add_argument("--max-vocab", type=int, default=S, metavar="N", help="word-level text: keep the N most frequent "
+                   "tokens, the rest become <unk>")
+    t.add_argument("--cell", choices=["lstm", "gru", "rnn"], default=S, help=f"recurrent cell (default {d['cell']})")
+    t.add_argument("--layers", type=int, default=S, metavar="N", help=f"stacked layers (default {d['layers']})")
+    t.add_argument("--hidden", type=int, default=S, metavar="H", help=f"hidden size (default {d['hidden']})")
+    t.add_argument("--embed", type=int, default=S, metavar="E", help=f"embedding size (default {d['embed']})")
+    t.add_argument("--dropout", type=float, default=S, metavar="P", help="dropout on embeddings, between layers and "
+                   "before the output (default 0)")
+    t.add_argument("--tie", action="store_true", default=S, help="tie output weights to the embedding (hidden == embed)")
+    t.add_argument("--batch-size", type=int, default=S, metavar="B", help=f"streams per batch (default {d['batch_size']})")
+    t.add_argument("--seq-len", type=int, default=S, metavar="T", help=f"TBPTT segment length (default {d['seq_len']})")
+    g = t.add_mutually_exclusive_group()
+    g.add_argument("--steps", type=int, default=S, metavar="N", help=f"total training steps (default {DEFAULT_STEPS})")
+    g.add_argument("--epochs", type=int, default=S, metavar="N", help="total passes over the training split")
+    t.add_argument("--optimizer", choices=["adam", "sgd"], default=S, help="optimizer (default adam)")
+    t.add_argument("--lr", type=float, default=S, metavar="LR", help="learning rate (default 2e-3 for adam, 1.0 for sgd)")
+    t.add_argument("--clip", type=float, default=S, metavar="C", help="global gradient-norm clip, 0 for none (default 5)")
+    t.add_argument("--seed", type=int, default=S, metavar="S", help="seed of initialisation, dropout, sampling (default 0)")
+    t.add_argument("--eval-every", type=int, default=S, metavar="N", help="validate every N steps (default: 5 times per run)")
+    t.add_argument("--eval-batch-size", type=int, default=S, metavar="B", help="rows for validation (default: --batch-size)")
+    t.add_argument("--sample-length", type=int, default=S, metavar="N", help="tokens sampled at the end (default 500 "
+                   "characters / 100 words)")
+    t.add_argument("--temperature", type=float, default=S, metavar="T", help="temperature of the final sample (default 0.8)")
+    t.add_argument("--out", default="jaxrnn-run", metavar="DIR", help="run directory (default ./jaxrnn-run)")
+    t.add_argument("--resume", action="store_true", help="continue the run in DIR from its checkpoint")
+    t.add_argument("--no-progress", action="store_true", help="no progress bar")
+    t.add_argument("--devices", type=int, default=1, metavar="N", help="data-parallel training over the first N local "
+                   "devices: each takes B / N streams, so --batch-size must be a multiple of N (default 1)")
+
+    e = sub.add_parser("eval", help="evaluate a trained run on its validation or test split")
+    e.add_argument("--run", required=True, metavar="DIR", help="run directory written by jaxrnn train")
+    e.add_argument("--split", choices=["valid", "test"], default="valid")
+    e.add_argument("--corpus", default=None, metavar="PATH", help="read the corpus from here instead of the saved path")
+    e.add_argument("--batch-size", type=int, default=None, metavar="B", help="rows (default: the run's eval batch size)")
+
+    s = sub.add_parser("generate", help="generate text from a trained run")
+    s.add_argument("--run", required=True, metavar="DIR", help="run directory written by jaxrnn train")
+    s.add_argument("--prompt", default=None, metavar="TEXT", help="text to start from (default: a line break)")
+    s.add_argument("--length", type=int, default=None, metavar="N", help="tokens to generate (default 500 characters / "
+                   "100 words)")
+    s.add_argument("--temperature", type=float, default=1.0, metavar="T", help="sampling temperature; 0 = greedy")
+    s.add_argument("--top-k", type=int, default=None, metavar="K", help="sample among the K most likely tokens")
+    s.add_argument("--seed", type=int, default=0, metavar="S")
+    return p
+
+
+# --------------------------------------------------------------------------- shared pieces
+
+
+def _say(msg: str) -> None:
+    print(msg, flush=True)
+
+
+def _positive(name: str, v, allow_none: bool = False) -> None:
+    if v is None and allow_none:
+        return
+    if v is None or v <= 0:
+        raise CLIError(f"--{name.replace('_', '-')} must be a positive number, got {v}")
+
+
+def _resolve(cfg: dict) -> dict:
+    """Fill derived defaults and check values; returns a new dict."""
+    cfg = dict(cfg)
+    if cfg["lr"] is None:
+        cfg["lr"] = DEFAULT_LR[cfg["optimizer"]]
+    if cfg["steps"] is None and cfg["epochs"] is None:
+        cfg["steps"] = DEFAULT_STEPS
+    for k in ("layers", "hidden", "embed", "batch_size", "seq_len", "lr"):
+        _positive(k, cfg[k])
+    for k in ("steps", "epochs", "eval_every", "eval_batch_size", "sample_length", "max_vocab"):
+        _positive(k, cfg[k], allow_none=True)
+    if cfg["clip"] < 0:
+        raise CLIError(f"--clip must be >= 0 (0 turns clipping off), got {cfg['clip']}")
+    if not cfg["temperature"] >= 0:
+        raise CLIError(f"--temperature must be >= 0, got {cfg['temperature']}")
+    if cfg["corpus"] is not None:
+        cfg["corpus"] = os.path.abspath(cfg["corpus"])
+    return cfg
+
+
+def _load_corpus(cfg: dict, path_override: str | None = None):
+    from jaxrnn import corpus as jc
+
+    path = path_override if path_override is not None else cfg["corpus"]
+    return jc.load_corpus(path, level=cfg["level"], format=cfg["format"], max_vocab=cfg.get("max_vocab"))
+
+
+# The model, optimizer and jitted step of a configuration are built once per process, so
+# that repeated calls of main() (tests, notebooks, eval after train) reuse the compiled
+# functions: jax.jit caches by function identity.
+_CACHE: dict = {}
+
+
+def _cached(key, build):
+    if key not in _CACHE:
+        _CACHE[key] = build()
+    return _CACHE[key]
+
+
+def _model(cfg: dict, vocab_size: int):
+    from jaxrnn import lm
+
+    args = (vocab_size, cfg["cell"], cfg["hidden"], cfg["embed"], cfg["layers"], float(cfg["dropout"]), bool(cfg["tie"]))
+    return _cached(("model",) + args, lambda: lm.language_model(*args))
+
+
+def _optimizer(cfg: dict):
+    import optax
+
+    from jaxrnn.optim import clipped
+
+    def build():
+        opt = optax.adam(cfg["lr"]) if cfg["optimizer"] == "adam" else optax.sgd(cfg["lr"])
+        return clipped(opt, cfg["clip"]) if cfg["clip"] > 0 else opt
+
+    return _cached(("tx", cfg["optimizer"], float(cfg["lr"]), float(cfg["clip"])), build)
+
+
+def _step_fn(model, tx, mesh=None):
+    from jaxrnn import lm, tbptt
+
+    return _cached(("step", model, tx, mesh), lambda: tbptt.make_step(lm.loss_fn(model), tx, mesh=mesh))
+
+
+def _mesh(devices: int, batch_size: int):
+    """The data-parallel mesh of ``--devices N`` (``None`` for one device)."""
+    if devices < 1:
+        raise CLIError(f"--devices must be a positive number, got {devices}")
+    if batch_size % devices:
+        raise CLIError(f"--batch-size {batch_size} must be a multiple of --devices {devices} (each device takes "
+                       f"batch-size / devices streams)")
+    if devices == 1:
+        return None
+    from jaxrnn import parallel
+
+    try:
+        return parallel.data_mesh(devices)
+    except ValueError as e:
+        raise CLIError(f"--devices {devices}: {e}") from None
+
+
+def _template_state(cfg: dict, model, tx, shapes_only: bool = False):
+    """A fresh training state: params from the seed, optimizer state, carry with dropout key.
+
+    Built by one jitted function (one compilation rather than many small ones);
+    ``shapes_only`` gives its ``jax.ShapeDtypeStruct`` tree (a template for restoring).
+    """
+    import jax
+
+    from jaxrnn import lm, tbptt
+
+    batch = cfg["batch_size"]
+
+    def build():
+        def fresh(seed):
+            k_init, k_drop = jax.random.split(jax.random.key(seed))
+            return tbptt.init_state(model.init(k_init), tx, lm.train_carry(model, batch, k_drop))
+
+        return jax.jit(fresh)
+
+    fresh = _cached(("state", model, tx, batch), build)
+    if shapes_only:
+        return jax.eval_shape(fresh, cfg["seed"])
+    return fresh(cfg["seed"])
+
+
+def _eval_rows(cfg: dict, n_tokens: int, override: int | None = None) -> int:
+    rows = override or cfg.get("eval_batch_size") or cfg["batch_size"]
+    if n_tokens < 2:
+        raise CLIError(f"a split of {n_tokens} token(s) cannot be evaluated (need 2)")
+    return max(1, min(rows, n_tokens - 1))
+
+
+def _scores(nll: float, level: str) -> dict:
+    out = {"loss": nll, "perplexity": math.exp(min(nll, 700.0))}
+    if level == "char":
+        out["bpc"] = nll / math.log(2.0)
+    return out
+
+
+def _read_json(path: str) -> dict:
+    with open(path, encoding="utf-8") as f:
+        return json.load(f)
+
+
+def _write_json(path: str, obj: Any) -> None:
+    tmp = path + ".tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(obj, f, indent=2, sort_keys=True)
+        f.write("\n")
+    os.replace(tmp, path)
+
+
+def _load_run(run: str):
+    """(config, model, vocab, state) of a run directory."""
+    from jaxrnn import checkpoint
+    from jaxrnn.corpus import Vocabulary
+
+    cfg_path, ckpt_path = os.path.join(run, CONFIG), os.path.join(run, CHECKPOINT)
+    for p in (cfg_path, ckpt_path):
+        if not os.path.exists(p):
+            raise CLIError(f"{run!r} is not a finished or interrupted jaxrnn run: {os.path.basename(p)} is missing")
+    cfg = _read_json(cfg_path)
+    _, meta = checkpoint.load(ckpt_path)
+    info = meta.get("metadata", {})
+    vocab = Vocabulary.from_dict(info["vocab"])
+    model = _model(cfg, vocab.size)
+    tx = _optimizer(cfg)
+    restored = checkpoint.restore_state(ckpt_path, like=_template_state(cfg, model, tx, shapes_only=True))
+    return cfg, model, vocab, restored
+
+
+# --------------------------------------------------------------------------- train
+
+
+class _StopFlag:
+    """SIGINT handler: the first Ctrl-C asks the loop to stop after the current step."""
+
+    def __init__(self):
+        self.stop = False
+        self._old = None
+
+    def __enter__(self):
+        try:
+            self._old = signal.signal(signal.SIGINT, self._handle)
+        except ValueError:  # not the main thread: no handler, Ctrl-C raises as usual
+            self._old = None
+        return self
+
+    def _handle(self, signum, frame):
+        if self.stop:  # a second Ctrl-C: stop at once
+            raise KeyboardInterrupt
+        self.stop = True
+
+    def __exit__(self, *exc):
+        if self._old is not None:
+            signal.signal(signal.SIGINT, self._old)
+        return False
+
+
+def _plot_curves(path: str, history: dict, level: str, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    scale = (1.0 / math.log(2.0)) if level == "char" else 1.0
+    unit = "bits per character" if level == "char" else "loss (nats per token)"
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    steps = np.asarray(history["train_steps"])
+    loss = np.asarray(history["train_loss"]) * scale
+    if len(loss):
+        ax.plot(steps, loss, color="0.75", lw=0.6, label="training (per step)")
+        w = max(1, min(50, len(loss) // 10))
+        if w > 1:
+            smooth = np.convolve(loss, np.ones(w) / w, mode="valid")
+            ax.plot(steps[w - 1:], smooth, color="tab:blue", lw=1.2, label=f"training ({w}-step mean)")
+    if history["val_steps"]:
+        ax.plot(history["val_steps"], np.asarray(history["val_loss"]) * scale, "o-", color="tab:red",
+                label="validation")
+    ax.set_xlabel("step")
+    ax.set_ylabel(unit)
+    if level != "char":
+        sec = ax.secondary_yaxis("right", functions=(lambda v: np.exp(np.clip(v, -50, 50)),
+                                                     lambda p: np.log(np.maximum(p, 1e-12))))
+        sec.set_ylabel("perplexity")
+    ax.set_title(title, fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _sample_text(model, params, vocab, prompt: str | None, length: int, temperature: float, top_k, seed: int) -> tuple[str, str]:
+    import jax
+
+    from jaxrnn import corpus as jc
+    from jaxrnn import lm
+
+    if prompt is None or prompt == "":
+        if vocab.level == "char":
+            prompt = "\n" if "\n" in vocab else vocab.tokens[0]
+        else:
+            prompt = ""
+    if vocab.level == "word":
+        ids = vocab.encode(prompt, where="the prompt")
+        ids = np.concatenate([[vocab.id(jc.EOS)], ids]).astype(np.int32)  # start of a sentence
+    else:
+        ids = vocab.encode(prompt, where="the prompt")
+    if temperature == 0:
+        out = lm.greedy(model, params, ids, length)
+    else:
+        out = lm.sample(model, params, jax.random.key(seed), ids, length, temperature=temperature, top_k=top_k)
+    shown = prompt if vocab.level == "char" else vocab.decode(ids[1:])
+    sep = "" if vocab.level == "char" or not shown else " "
+    return shown, shown + sep + vocab.decode(np.asarray(out))
+
+
+def _train(args: argparse.Namespace) -> int:
+    import jax
+
+    from jaxrnn import checkpoint, lm, tbptt
+    from jaxrnn import corpus as jc
+    from jaxrnn.data import offset_batches
+
+    given = {k: v for k, v in vars(args).items() if k in TRAIN_DEFAULTS}
+    out = args.out
+    cfg_path, ckpt_path = os.path.join(out, CONFIG), os.path.join(out, CHECKPOINT)
+    if args.resume:
+        if not os.path.exists(ckpt_path) or not os.path.exists(cfg_path):
+            raise CLIError(f"--resume: no checkpoint to resume in {out!r} ({CHECKPOINT} and {CONFIG} are needed)")
+        saved = _read_json(cfg_path)
+        check = _resolve({**saved, **given})
+        changed = [k for k in _FIXED_ON_RESUME if k in given and check[k] != saved[k]]
+        if changed:
+            raise CLIError(
+                "--resume keeps the run's settings; these differ from the saved ones: "
+                + ", ".join(f"--{k.replace('_', '-')} {check[k]!r} (saved {saved[k]!r})" for k in changed)
+            )
+        if "steps" in given:
+            saved["epochs"] = None
+        if "epochs" in given:
+            saved["steps"] = None
+        cfg = _resolve({**saved, **{k: v for k, v in given.items() if k not in _FIXED_ON_RESUME}})
+    else:
+        if os.path.exists(ckpt_path):
+            raise CLIError(f"{out!r} already holds a run; pass --resume to continue it or choose another --out")
+        cfg = _resolve({**TRAIN_DEFAULTS, **given})
+
+    mesh = _mesh(args.devices, cfg["batch_size"])
+    corpus = _load_corpus(cfg)
+    _say(f"corpus: {corpus.description}")
+    _say(f"splits: train {len(corpus.train):,} / valid {len(corpus.valid):,} / test {len(corpus.test):,} tokens")
+    vocab = corpus.vocab
+    model = _model(cfg, vocab.size)
+    tx = _optimizer(cfg)
+    B, T = cfg["batch_size"], cfg["seq_len"]
+    try:
+        batches = offset_batches(corpus.train, B, T, epochs=cfg["epochs"])
+    except ValueError as e:
+        raise CLIError(f"training split of {len(corpus.train)} tokens: {e}") from None
+    total = cfg["steps"] if cfg["steps"] is not None else cfg["epochs"] * (batches.steps_per_epoch // T)
+    if total < 1:
+        raise CLIError(f"--epochs {cfg['epochs']} gives no full segment of {T} steps per stream")
+    eval_every = cfg["eval_every"] or max(1, math.ceil(total / 5))
+
+    state = _template_state(cfg, model, tx, shapes_only=args.resume)
+    history = {"train_steps": [], "train_loss": [], "val_steps": [], "val_loss": []}
+    elapsed = {"train_seconds": 0.0, "eval_seconds": 0.0, "wall_seconds": 0.0, "first_step_seconds": 0.0, "sessions": 0}
+    if args.resume:
+        try:
+            restored = checkpoint.restore_state(ckpt_path, like=state)
+        except ValueError as e:
+            raise CLIError(f"cannot resume from {ckpt_path}: {e}") from None
+        info = restored.metadata
+        try:
+            jc.check_same_vocabulary(jc.Vocabulary.from_dict(info["vocab"]), vocab, "the corpus now")
+        except ValueError as e:
+            raise CLIError(str(e)) from None
+        state, history, elapsed = restored.state, info["history"], info["elapsed"]
+        try:
+            batches.load_state_dict(restored.position)
+        except ValueError as e:
+            raise CLIError(f"cannot resume: {e}") from None
+        _say(f"resuming {out} at step {int(state.step)} of {total}")
+    if mesh is not None:  # parameters and optimizer state on every device, the streams split
+        from jaxrnn import parallel
+
+        state = parallel.shard_state(state, mesh)
+    host = (lambda p: p) if mesh is None else parallel.gather  # evaluate and sample on one device
+    os.makedirs(out, exist_ok=True)
+    _write_json(cfg_path, {k: cfg[k] for k in TRAIN_DEFAULTS})
+    n_params = sum(int(np.prod(a.shape)) for a in jax.tree_util.tree_leaves(state.params))
+    _say(f"model: {cfg['layers']} x {cfg['cell'].upper()} {cfg['hidden']}, embed {cfg['embed']}, vocabulary "
+         f"{vocab.size}, dropout {cfg['dropout']}, tie {cfg['tie']}: {n_params:,} parameters")
+    _say(f"training: {total} steps of {B} x {T} tokens, {cfg['optimizer']} lr {cfg['lr']}, clip {cfg['clip']}, "
+         f"validation every {eval_every} steps -> {out}"
+         + (f", data-parallel over {args.devices} devices" if mesh is not None else ""))
+
+    step_fn = _step_fn(model, tx, mesh)
+    eval_rows = _eval_rows(cfg, len(corpus.valid))
+
+    def save(st):
+        meta = {"vocab": vocab.to_dict(), "history": history, "elapsed": elapsed, "config": cfg,
+                "corpus": corpus.description}
+        checkpoint.save_state(ckpt_path, st, position=batches.state_dict(), metadata=meta)
+
+    def validate(st) -> float:
+        t0 = time.perf_counter()
+        nll = lm.evaluate(model, host(st.params), corpus.valid, eval_rows, T)
+        elapsed["eval_seconds"] += time.perf_counter() - t0
+        return nll
+
+    start_step = int(state.step)
+    wall0 = time.perf_counter() - elapsed["wall_seconds"]
+    pending: list = []  # (step, device loss) not yet fetched
+    bar = None
+    if not args.no_progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=total, initial=min(start_step, total), unit="step", dynamic_ncols=True, file=sys.stderr)
+
+    def flush():
+        for s, l in pending:
+            history["train_steps"].append(s)
+            history["train_loss"].append(float(l))
+        pending.clear()
+
+    interrupted = False
+    with _StopFlag() as flag:
+        step = start_step
+        while step < total:
+            try:
+                x, y = next(batches)
+            except StopIteration:
+                break
+            t0 = time.perf_counter()
+            state, metrics = step_fn(state, x, y)
+            step += 1
+            pending.append((step, metrics["loss"]))
+            # Fetch the losses every 10 steps (and before validating or stopping) inside the
+            # timed region, so that asynchronous dispatch does not hide training time.
+            if step % 10 == 0 or step % eval_every == 0 or step == total or flag.stop or step == start_step + 1:
+                jax.block_until_ready(metrics["loss"])
+                flush()
+            dt = time.perf_counter() - t0
+            if step == start_step + 1:  # includes compilation (once per session)
+                elapsed["first_step_seconds"] += dt
+                elapsed["sessions"] += 1
+            elapsed["train_seconds"] += dt
+            if step % eval_every == 0 or step == total:
+                flush()
+                nll = validate(state)
+                history["val_steps"].append(step)
+                history["val_loss"].append(nll)
+                elapsed["wall_seconds"] = time.perf_counter() - wall0
+                save(state)
+                msg = f"step {step}: validation loss {nll:.4f}, perplexity {math.exp(min(nll, 700)):.2f}"
+                if vocab.level == "char":
+                    msg += f", {nll / math.log(2):.4f} bits/char"
+                (bar.write if bar is not None else _say)(msg)
+            if bar is not None:
+                bar.update(1)
+                if history["train_loss"] and (step % 10 == 0 or step == total):
+                    recent = history["train_loss"][-10:]
+                    l = sum(recent) / len(recent)
+                    bar.set_postfix(loss=f"{l:.3f}", ppl=f"{math.exp(min(l, 700)):.2f}",
+                                    tok_s=f"{(step - start_step) * B * T / max(elapsed['train_seconds'], 1e-9):,.0f}"
+                                    if step > start_step else "-", refresh=False)
+            if flag.stop:
+                interrupted = True
+                break
+    flush()
+    if bar is not None:
+        bar.close()
+    elapsed["wall_seconds"] = time.perf_counter() - wall0
+    if interrupted:
+        save(state)
+        _say(f"interrupted at step {int(state.step)}: checkpoint saved to {ckpt_path}; continue with "
+             f"`jaxrnn train --out {out} --resume`")
+        return 130
+    save(state)
+
+    steps_done = int(state.step)
+    if history["val_steps"] and history["val_steps"][-1] == steps_done:
+        val_nll = history["val_loss"][-1]
+    else:
+        val_nll = validate(state)
+    test_nll = lm.evaluate(model, host(state.params), corpus.test, _eval_rows(cfg, len(corpus.test)), T)
+    train_tokens = steps_done * B * T
+    later = elapsed["train_seconds"] - elapsed["first_step_seconds"]
+    later_steps = steps_done - elapsed["sessions"]
+    metrics_out = {
+        **{f"val_{k}": v for k, v in _scores(val_nll, vocab.level).items()},
+        **{f"test_{k}": v for k, v in _scores(test_nll, vocab.level).items()},
+        "steps": steps_done,
+        "tokens": train_tokens,
+        "tokens_per_s": train_tokens / max(elapsed["train_seconds"], 1e-9),
+        "tokens_per_s_after_first_step": (later_steps * B * T / later) if later_steps > 0 and later > 0 else None,
+        "train_seconds": elapsed["train_seconds"],
+        "first_step_seconds": elapsed["first_step_seconds"],
+        "eval_seconds": elapsed["eval_seconds"],
+        "wall_seconds": time.perf_counter() - wall0,
+        "train_loss_last": (sum(history["train_loss"][-50:]) / len(history["train_loss"][-50:]))
+        if history["train_loss"] else None,
+        "parameters": n_params,
+        "devices": args.devices,
+        "vocab_size": vocab.size,
+        "corpus": corpus.description,
+        "config": {k: cfg[k] for k in TRAIN_DEFAULTS},
+        "history": history,
+        "versions": _versions(),
+    }
+    _write_json(os.path.join(out, METRICS), metrics_out)
+    title = (f"{cfg['layers']}x{cfg['cell'].upper()} {cfg['hidden']}, {vocab.level} level, "
+             f"{steps_done} steps: val {'bpc %.3f' % metrics_out['val_bpc'] if vocab.level == 'char' else 'ppl %.1f' % metrics_out['val_perplexity']}")
+    _plot_curves(os.path.join(out, CURVES), history, vocab.level, title)
+    length = cfg["sample_length"] or (500 if vocab.level == "char" else 100)
+    _, text = _sample_text(model, host(state.params), vocab, None, length, cfg["temperature"], None, cfg["seed"])
+    with open(os.path.join(out, SAMPLE), "w", encoding="utf-8") as f:
+        f.write(text + "\n")
+    summary = f"done: {steps_done} steps, validation loss {val_nll:.4f} (perplexity {metrics_out['val_perplexity']:.2f}"
+    if vocab.level == "char":
+        summary += f", {metrics_out['val_bpc']:.4f} bits/char"
+    summary += (f"), test perplexity {metrics_out['test_perplexity']:.2f}; {metrics_out['tokens_per_s']:,.0f} "
+                f"training tokens/s, {metrics_out['wall_seconds']:.1f} s in all")
+    _say(summary)
+    _say(f"wrote {os.path.join(out, METRICS)}, {os.path.join(out, CURVES)}, {ckpt_path}")
+    _say(f"--- sample (temperature {cfg['temperature']}) ---\n{text}\n---")
+    return 0
+
+
+def _versions() -> dict:
+    import platform
+
+    import jax
+    import jaxlib
+
+    return {"python": platform.python_version(), "jax": jax.__version__, "jaxlib": jaxlib.__version__,
+            "platform": platform.platform(), "devices": str(jax.devices())}
+
+
+# --------------------------------------------------------------------------- eval, generate
+
+
+def _eval(args: argparse.Namespace) -> int:
+    from jaxrnn import corpus as jc
+    from jaxrnn import lm
+
+    cfg, model, vocab, restored = _load_run(args.run)
+    corpus = _load_corpus(cfg, args.corpus)
+    try:
+        jc.check_same_vocabulary(vocab, corpus.vocab, "the corpus now")
+    except ValueError as e:
+        raise CLIError(str(e)) from None
+    tokens = corpus.split(args.split)
+    if args.batch_size is not None:
+        _positive("batch_size", args.batch_size)
+    rows = _eval_rows(cfg, len(tokens), args.batch_size)
+    nll = lm.evaluate(model, restored.state.params, tokens, rows, cfg["seq_len"])
+    result = {"split": args.split, "step": int(restored.state.step), "tokens": int(len(tokens)), **_scores(nll, vocab.level)}
+    print(json.dumps(result))
+    return 0
+
+
+def _generate(args: argparse.Namespace) -> int:
+    cfg, model, vocab, restored = _load_run(args.run)
+    length = args.length if args.length is not None else (500 if vocab.level == "char" else 100)
+    _positive("length", length)
+    if not args.temperature >= 0:
+        raise CLIError(f"--temperature must be >= 0 (0 = greedy), got {args.temperature}")
+    if args.top_k is not None and not 1 <= args.top_k <= vocab.size:
+        raise CLIError(f"--top-k must be in [1, {vocab.size}] (the vocabulary size), got {args.top_k}")
+    _, text = _sample_text(model, restored.state.params, vocab, args.prompt, length, args.temperature, args.top_k,
+                           args.seed)
+    print(text)
+    return 0
+
+
+# --------------------------------------------------------------------------- entry point
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; returns the exit status (0 ok, 2 bad input, 130 interrupted)."""
+    args = build_parser().parse_args(argv)
+    try:
+        if args.command == "train":
+            return _train(args)
+        if args.command == "eval":
+            return _eval(args)
+        return _generate(args)
+    except (CLIError, ValueError) as e:
+        print(f"jaxrnn {args.command}: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
