@@ -199,7 +199,7 @@ def from_torch(module: Any):
 
     Returns:
       A params tree for :func:`cell_for`'s module, as ``jnp`` arrays in the module's
-      dtype: the cell's ``{"w_x", "w_h", "b"[, "b_hn"]}`` dict for one layer and one
+      dtype (float64 needs ``jax_enable_x64``, else JAX stores float32): the cell's ``{"w_x", "w_h", "b"[, "b_hn"]}`` dict for one layer and one
       direction, ``{"forward": ..., "backward": ...}`` for a bidirectional layer, a list
       of those (one per layer) for several layers. See the module docstring for the
       mapping of each tensor.

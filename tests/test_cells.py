@@ -198,7 +198,7 @@ def test_gradients_match_finite_differences_float64(kind):
     check_grads(f, (params, carry, x), order=1, modes=("rev",), atol=1e-6, rtol=1e-6)
 
 
-@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("kind", ["lstm", "gru"])  # tuple and single-array carries
 def test_jit_vmap_grad_compose(kind):
     rng = np.random.default_rng(4)
     cell = make_cell(kind, 4)
@@ -222,7 +222,7 @@ def test_jit_vmap_grad_compose(kind):
         np.testing.assert_allclose(a, jnp.sum(b, axis=0), rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("kind", ["lstm", "gru"])  # all kinds: tests/test_unroll.py
 def test_bfloat16_and_float64_close_to_float32(kind):
     rng = np.random.default_rng(5)
     cell = make_cell(kind, 8)
@@ -237,18 +237,24 @@ def test_bfloat16_and_float64_close_to_float32(kind):
         np.testing.assert_allclose(np.asarray(y, np.float32), y32, atol=tol, rtol=tol)
 
 
+def shaped_params(cell, input_size):
+    """Zero params with the shapes ``cell.init`` gives (traced only, nothing compiled)."""
+    shapes = jax.eval_shape(lambda: cell.init(jax.random.key(0), input_size))
+    return jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
+
+
 # ------------------------------------------------------------------- errors
 
 
 def test_error_params_from_another_cell_type_keys():
-    gru_params = jr.gru(4).init(jax.random.key(0), 3)
+    gru_params = shaped_params(jr.gru(4), 3)
     with pytest.raises(TypeError, match=r"params for a LSTM cell must have keys \['b', 'w_h', 'w_x'\], "
                        r"got \['b', 'b_hn', 'w_h', 'w_x'\] \(these look like params of a GRU\)"):
         jr.lstm(4).apply(gru_params, jr.lstm(4).initial_carry(2), jnp.ones((2, 3), jnp.float32))
 
 
 def test_error_params_from_another_cell_type_shapes():
-    rnn_params = jr.rnn(4).init(jax.random.key(0), 3)
+    rnn_params = shaped_params(jr.rnn(4), 3)
     with pytest.raises(ValueError, match=r"params\['w_h'\] must have shape \(4, 16\) for a LSTM cell with "
                        r"hidden_size=4, got \(4, 4\) \(these look like params of a plain RNN\)"):
         jr.lstm(4).apply(rnn_params, jr.lstm(4).initial_carry(2), jnp.ones((2, 3), jnp.float32))
@@ -256,7 +262,7 @@ def test_error_params_from_another_cell_type_shapes():
 
 def test_error_x_wrong_feature_size():
     cell = jr.gru(4)
-    p = cell.init(jax.random.key(0), 3)
+    p = shaped_params(cell, 3)
     with pytest.raises(ValueError, match=r"x_t must have shape \(\.\.\., 3\) to match params\['w_x'\] "
                        r"\(input_size=3\), got \(2, 5\)"):
         jax.jit(cell.apply)(p, cell.initial_carry(2), jnp.ones((2, 5), jnp.float32))
@@ -264,14 +270,14 @@ def test_error_x_wrong_feature_size():
 
 def test_error_x_and_carry_batch_mismatch():
     cell = jr.rnn(4)
-    p = cell.init(jax.random.key(0), 3)
+    p = shaped_params(cell, 3)
     with pytest.raises(ValueError, match=r"x_t has batch shape \(2,\) but carry has batch shape \(3,\)"):
         cell.apply(p, cell.initial_carry(3), jnp.ones((2, 3), jnp.float32))
 
 
 def test_error_carry_structure_and_size():
     lstm = jr.lstm(4)
-    p = lstm.init(jax.random.key(0), 3)
+    p = shaped_params(lstm, 3)
     x = jnp.ones((2, 3), jnp.float32)
     with pytest.raises(TypeError, match=r"carry of an LSTM cell must be a pair \(h, c\).*got ArrayImpl"):
         lstm.apply(p, jnp.zeros((2, 4)), x)
@@ -279,12 +285,12 @@ def test_error_carry_structure_and_size():
         lstm.apply(p, (jnp.zeros((2, 4)), jnp.zeros((2, 5))), x)
     g = jr.gru(4)
     with pytest.raises(TypeError, match=r"carry of a GRU cell must be one array.*\(an LSTM carry\?\)"):
-        g.apply(g.init(jax.random.key(0), 3), lstm.initial_carry(2), x)
+        g.apply(shaped_params(g, 3), lstm.initial_carry(2), x)
 
 
 def test_error_step_projected_input_shape():
     cell = jr.lstm(4)
-    p = cell.init(jax.random.key(0), 3)
+    p = shaped_params(cell, 3)
     with pytest.raises(ValueError, match=r"xp_t must have shape \(2, 16\).*got \(2, 12\)"):
         cell.step(p, cell.initial_carry(2), jnp.ones((2, 12), jnp.float32))
 
@@ -303,4 +309,4 @@ def test_error_constructor_and_init_arguments():
     with pytest.raises(TypeError, match=r"batch_size must be an int, a tuple of ints or None, got 2.5"):
         jr.gru(4).initial_carry(2.5)
     with pytest.raises(TypeError, match=r"x_t must have a floating dtype, got int32"):
-        jr.rnn(4).apply(jr.rnn(4).init(jax.random.key(0), 3), jr.rnn(4).initial_carry(2), jnp.ones((2, 3), jnp.int32))
+        jr.rnn(4).apply(shaped_params(jr.rnn(4), 3), jr.rnn(4).initial_carry(2), jnp.ones((2, 3), jnp.int32))
