@@ -74,7 +74,7 @@ class Cell(NamedTuple):
     num_gates: int
 
 
-_KIND_NAMES = {"rnn_tanh": "tanh RNN", "rnn_relu": "ReLU RNN", "lstm": "LSTM", "gru": "GRU"}
+_KIND_NAMES = {"rnn_tanh": "a tanh RNN", "rnn_relu": "a ReLU RNN", "lstm": "an LSTM", "gru": "a GRU"}
 _KIND_GATES = {"rnn_tanh": 1, "rnn_relu": 1, "lstm": 4, "gru": 3}
 
 
@@ -116,12 +116,12 @@ def check_params(params: Any, kind: str, hidden_size: int) -> int:
     want = {"w_x", "w_h", "b"} | ({"b_hn"} if kind == "gru" else set())
     if not isinstance(params, dict):
         raise TypeError(
-            f"params must be a dict with keys {sorted(want)} for a {name} cell, "
+            f"params must be a dict with keys {sorted(want)} for {name} cell, "
             f"got {type(params).__name__}"
         )
     if set(params) != want:
         raise TypeError(
-            f"params for a {name} cell must have keys {sorted(want)}, got {sorted(params)}"
+            f"params for {name} cell must have keys {sorted(want)}, got {sorted(params)}"
             f" (these look like params of {_guess_kind(params, h)})"
         )
     for k in want:
@@ -129,13 +129,13 @@ def check_params(params: Any, kind: str, hidden_size: int) -> int:
     w_x, w_h, b = params["w_x"], params["w_h"], params["b"]
     if w_h.shape != (h, g * h):
         raise ValueError(
-            f"params['w_h'] must have shape {shape_str((h, g * h))} for a {name} cell with "
+            f"params['w_h'] must have shape {shape_str((h, g * h))} for {name} cell with "
             f"hidden_size={h}, got {shape_str(w_h.shape)} "
             f"(these look like params of {_guess_kind(params, h)})"
         )
     if w_x.ndim != 2 or w_x.shape[1] != g * h:
         raise ValueError(
-            f"params['w_x'] must have shape (input_size, {g * h}) for a {name} cell with "
+            f"params['w_x'] must have shape (input_size, {g * h}) for {name} cell with "
             f"hidden_size={h}, got {shape_str(w_x.shape)}"
         )
     if b.shape != (g * h,):
@@ -171,7 +171,7 @@ def check_carry(carry: Any, kind: str, hidden_size: int, name: str = "carry") ->
         return tuple(hh.shape[:-1])
     if isinstance(carry, (tuple, list)):
         raise TypeError(
-            f"{name} of a {_KIND_NAMES[kind]} cell must be one array of shape (..., {h}), "
+            f"{name} of {_KIND_NAMES[kind]} cell must be one array of shape (..., {h}), "
             f"got a {type(carry).__name__} of length {len(carry)} (an LSTM carry?)"
         )
     check_floating(name, carry)

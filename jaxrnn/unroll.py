@@ -266,8 +266,8 @@ def _unroll_cell(cell: Cell, params, xs_tm: Array, carry, lengths, reverse: bool
     input_size = check_params(params, cell.kind, cell.hidden_size)
     if xs_tm.shape[-1] != input_size:
         raise ValueError(
-            f"xs must have {input_size} features (the input_size of params['w_x']), "
-            f"got {xs_tm.shape[-1]} in xs of shape {shape_str(xs_tm.shape)} (time-major view)"
+            f"xs must have shape (..., {input_size}) (the input_size of params['w_x']), "
+            f"got xs with {xs_tm.shape[-1]} features in its last axis"
         )
     batch = tuple(xs_tm.shape[1:-1])
     # The step computes in the promoted dtype of xs and the params (e.g. bfloat16 inputs

@@ -248,14 +248,14 @@ def shaped_params(cell, input_size):
 
 def test_error_params_from_another_cell_type_keys():
     gru_params = shaped_params(jr.gru(4), 3)
-    with pytest.raises(TypeError, match=r"params for a LSTM cell must have keys \['b', 'w_h', 'w_x'\], "
+    with pytest.raises(TypeError, match=r"params for an LSTM cell must have keys \['b', 'w_h', 'w_x'\], "
                        r"got \['b', 'b_hn', 'w_h', 'w_x'\] \(these look like params of a GRU\)"):
         jr.lstm(4).apply(gru_params, jr.lstm(4).initial_carry(2), jnp.ones((2, 3), jnp.float32))
 
 
 def test_error_params_from_another_cell_type_shapes():
     rnn_params = shaped_params(jr.rnn(4), 3)
-    with pytest.raises(ValueError, match=r"params\['w_h'\] must have shape \(4, 16\) for a LSTM cell with "
+    with pytest.raises(ValueError, match=r"params\['w_h'\] must have shape \(4, 16\) for an LSTM cell with "
                        r"hidden_size=4, got \(4, 4\) \(these look like params of a plain RNN\)"):
         jr.lstm(4).apply(rnn_params, jr.lstm(4).initial_carry(2), jnp.ones((2, 3), jnp.float32))
 
