@@ -13,6 +13,7 @@ from jaxrnn import sequence
 from jaxrnn.cells import Cell, gru, lstm, rnn
 from jaxrnn.unroll import Bidirectional, Stack, bidirectional, output_size, stack, unroll
 from jaxrnn import interop  # imports torch only inside its functions
+from jaxrnn import parallel
 
 __version__ = "0.1.0"
 
@@ -20,5 +21,5 @@ __all__ = [
     "Cell", "rnn", "lstm", "gru",
     "unroll", "stack", "bidirectional", "Stack", "Bidirectional", "output_size",
     "layers", "corpus", "lm", "data", "tbptt", "bptt", "checkpoint", "clipped", "sequence", "interop",
-    "diagnostics", "tasks",
+    "diagnostics", "tasks", "parallel",
 ]

@@ -83,6 +83,10 @@ def _contiguous(a: np.ndarray) -> np.ndarray:
 
 def _encode(name: str, leaf: Any) -> tuple[np.ndarray, dict | None]:
     """(array to store, how to decode it or None)."""
+    if isinstance(leaf, jax.Array) and not leaf.is_fully_addressable:  # spans processes: gather (collective)
+        from jax.experimental import multihost_utils
+
+        leaf = multihost_utils.process_allgather(leaf, tiled=True)
     if _is_key_array(leaf):
         data = np.asarray(jax.random.key_data(leaf))
         return _contiguous(data), {"key": str(jax.random.key_impl(leaf))}
@@ -156,6 +160,11 @@ def _atomic_write(path: str, data: bytes) -> None:
 def save(path: str | os.PathLike, tree: Any, *, metadata: dict | None = None) -> None:
     """Write ``tree`` (and JSON-able ``metadata``) to ``path`` atomically.
 
+    Sharded arrays are stored whole (gathered), so the file does not depend on the device
+    count. In a multi-process run (:func:`jaxrnn.parallel.initialize`) every process must
+    call it: arrays spanning processes are gathered collectively, process 0 writes the
+    file, and all return once it is written.
+
     Args:
       path: the file to write (conventionally ``*.safetensors``); its directory must exist.
       tree: a pytree of arrays (JAX or NumPy, any dtype incl. bfloat16 and PRNG keys) or
@@ -186,7 +195,12 @@ def save(path: str | os.PathLike, tree: Any, *, metadata: dict | None = None) ->
         "encodings": json.dumps(encodings, sort_keys=True),
         "sha256": _digest(tensors, meta_json + json.dumps(encodings, sort_keys=True)),
     }
-    _atomic_write(os.fspath(path), st.numpy.save(tensors, metadata=header))
+    if jax.process_index() == 0:  # with many processes all gather the arrays, process 0 writes
+        _atomic_write(os.fspath(path), st.numpy.save(tensors, metadata=header))
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices(f"jaxrnn.checkpoint.save {os.fspath(path)}")
 
 
 def _corrupt(path: str, why: str) -> ValueError:
@@ -236,7 +250,7 @@ def _like_leaf(name: str, saved: Any, like: Any) -> Any:
             raise ValueError(f"checkpoint entry {name} is a plain array, but the template holds a PRNG key there")
         if saved.shape != like.shape:
             raise ValueError(f"checkpoint entry {name} has key shape {shape_str(saved.shape)}, the template expects {shape_str(like.shape)}")
-        return saved
+        return _place(saved, like)
     if _is_key_array(saved):
         raise ValueError(f"checkpoint entry {name} is a PRNG key, but the template holds a plain array there")
     if isinstance(like, (bool, int, float)):
@@ -250,7 +264,17 @@ def _like_leaf(name: str, saved: Any, like: Any) -> Any:
         raise ValueError(f"checkpoint entry {name} has dtype {saved.dtype}, the template expects {dtype}")
     if isinstance(like, np.ndarray) or isinstance(like, np.generic):
         return saved
-    return jnp.asarray(saved)
+    return _place(saved, like)
+
+
+def _place(saved: Any, like: Any) -> Any:
+    """A JAX array of ``saved``, laid out like ``like`` when that is sharded over many devices
+    (e.g. placed by :func:`jaxrnn.parallel.shard_state`), so a checkpoint restores onto any
+    device count or mesh; otherwise on the default device."""
+    sharding = getattr(like, "sharding", None)
+    if sharding is not None and not isinstance(sharding, jax.sharding.SingleDeviceSharding):
+        return jax.device_put(saved, sharding)
+    return jnp.asarray(saved) if not _is_key_array(saved) else saved
 
 
 def restore(path: str | os.PathLike, like: Any, *, strict: bool = True) -> tuple[Any, dict]:
@@ -262,7 +286,9 @@ def restore(path: str | os.PathLike, like: Any, *, strict: bool = True) -> tuple
         and optimizer state; NamedTuples such as optax states are matched by path). Its
         leaves may be arrays, ``jax.ShapeDtypeStruct``, or Python numbers; each restored
         leaf takes the kind of its template leaf (JAX array, NumPy array, Python number)
-        with the saved values, bit for bit.
+        with the saved values, bit for bit. A leaf sharded over many devices (a template
+        placed by :func:`jaxrnn.parallel.shard_state`) is restored with its sharding, on
+        any device count: a run saved on 8 devices resumes on 1 or on 2.
       strict: also refuse entries in the file that the template does not have.
 
     Returns:
