@@ -248,7 +248,7 @@ def report(out: str, name: str, s: dict, info: dict) -> dict:
         fw: {k: m.get(k) for k in ("val_loss", "val_bpc", "val_perplexity", "test_loss", "test_bpc", "test_perplexity",
                                    "steps", "tokens", "tokens_per_s", "tokens_per_s_after_first_step", "train_seconds",
                                    "first_step_seconds", "eval_seconds", "wall_seconds", "parameters", "versions")}
-        for fw, m in runs.items()}, "process": info.get("process", {}), "speed": speed, "checks": checks}
+        for fw, m in runs.items()}, "torch_threads": t["versions"].get("torch_threads"), "process": info.get("process", {}), "speed": speed, "checks": checks}
     with open(os.path.join(out, f"{name}.json"), "w") as f:
         json.dump(summary, f, indent=2, sort_keys=True)
     title = (f"char LSTM {s['hidden']} (embed {s['embed']}), batch {s['batch_size']} x {s['seq_len']}, Adam {s['lr']}, "
@@ -263,7 +263,9 @@ def report(out: str, name: str, s: dict, info: dict) -> dict:
         f"- Machine: {mach['cpu']}, {mach['cores']} cores ({mach['platform']}); shared with other jobs "
         "(1-minute load average at the start and end of each run below).",
         f"- Versions: Python {v['python']}, jax {v['jax']}, jaxlib {v['jaxlib']}, optax {v['optax']}, "
-        f"torch {v['torch']} ({t['versions'].get('torch_threads')} threads), numpy {v['numpy']}.",
+        f"torch {v['torch']}, numpy {v['numpy']}. The full PyTorch run used {t['versions'].get('torch_threads')} "
+        f"thread(s){' (set with --torch-threads)' if t['config'].get('threads') else ' (its default)'}; "
+        "jaxrnn ran with XLA's default threading.",
         f"- Date: {mach['date']}.",
         f"- Corpus: `{os.path.relpath(s['corpus'], ROOT)}`, character level, split 80/10/10 by position.",
         f"- Settings (both): {s['cell'].upper()} hidden {s['hidden']}, embed {s['embed']}, {s['layers']} layer(s), "
@@ -347,6 +349,8 @@ def main(argv=None) -> int:
     p.add_argument("--eval-every", type=int, default=250)
     p.add_argument("--only", choices=["jax", "torch", "speed", "report"], default=None,
                    help="run one part (default: jax, torch, speed if --speed-rounds, then the report)")
+    p.add_argument("--torch-threads", type=int, default=None,
+                   help="torch.set_num_threads for the full PyTorch run (default: PyTorch's own choice)")
     p.add_argument("--speed-rounds", type=int, default=0, help="interleaved throughput rounds (0: none)")
     p.add_argument("--speed-steps", type=int, default=40)
     p.add_argument("--out", default=os.path.join(HERE, "results"))
@@ -384,7 +388,8 @@ def main(argv=None) -> int:
         with open(info_path) as f:
             info = json.load(f)
     info.setdefault("process", {})
-    info["machine"] = machine()
+    if args.only != "report" or "machine" not in info:
+        info["machine"] = machine()
 
     parts = [args.only] if args.only else ["jax", "torch"] + (["speed"] if args.speed_rounds else []) + ["report"]
     for part in parts:
@@ -397,6 +402,8 @@ def main(argv=None) -> int:
                 cmd = [sys.executable, "-m", "jaxrnn.cli", "train", *settings_args(s), "--out", run_dir, "--no-progress"]
             else:
                 cmd = [sys.executable, os.path.join(HERE, "torch_lm_reference.py"), *settings_args(s), "--out", run_dir]
+                if args.torch_threads:
+                    cmd += ["--threads", str(args.torch_threads)]
             info["process"][part] = run_logged(cmd, os.path.join(dest, "log.txt"))
             for fname in ("metrics.json", "curves.png", "sample.txt"):
                 if os.path.exists(os.path.join(run_dir, fname)):

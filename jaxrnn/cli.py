@@ -61,7 +61,7 @@ TRAIN_DEFAULTS: dict[str, Any] = {
     "optimizer": "adam", "lr": None, "clip": 5.0, "seed": 0, "eval_every": None,
     "eval_batch_size": None, "sample_length": None, "temperature": 0.8,
 }
-DEFAULT_STEPS = 400
+DEFAULT_STEPS = 800
 DEFAULT_LR = {"adam": 2e-3, "sgd": 1.0}
 # Settings that define the model, the data order and the optimizer: a resumed run must
 # keep them (steps, epochs, eval_every and the sample settings may change). --corpus may
