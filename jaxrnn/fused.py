@@ -1,0 +1,527 @@
+"""Fast unrolling of the built-in cells (LSTM, GRU, Elman RNN) with a hand-written derivative.
+
+:func:`jaxrnn.unroll` calls :func:`scan` for every cell made by ``jr.lstm``, ``jr.gru``
+or ``jr.rnn`` (same result as the generic ``lax.scan`` of ``cell.step`` to float
+tolerance); other cells, mixed dtypes and empty arrays take the generic path.
+
+Why: differentiating ``lax.scan(cell.step)`` automatically keeps every intermediate of
+every step, adds a rank-``B`` update of ``dW_h`` inside the backward loop, and keeps the
+hoisted input projection ``x W_x + b`` (``G H`` numbers per step) alive. Here the
+recurrence is a :func:`jax.custom_jvp` function whose tangent is written by hand:
+
+* Time is cut into chunks of ``K`` steps (an outer ``lax.scan`` over chunks, an inner one
+  over the steps of a chunk). The input projection of a chunk is one matrix product
+  ``(K B, I) @ (I, G H)``; only ``h W_h`` and the gate nonlinearities are per step.
+* The tangent (and so, after JAX transposes it, the backward pass) moves the weight
+  terms out of the per-step loop: for the LSTM, with ``h_prev`` the chunk's incoming
+  states stacked ``(K B, H)``::
+
+      dz_chunk = dx W_x + x dW_x + db + h_prev dW_h        # three large products per chunk
+      dz_t     = dz_chunk[t] + dh_{t-1} W_h                 # the only per-step product
+      di, df, dg, do = dz_t * [i(1-i), f(1-f), 1-g^2, o(1-o)]
+      dc_t     = df * c_{t-1} + f * dc_{t-1} + di * g + i * dg
+      dh_t     = do * tanh(c_t) + o * (1 - tanh(c_t)^2) * dc_t
+
+  so the transposed (reverse-mode) computation runs one backward scan over the steps of
+  a chunk, then accumulates ``dW_h = h_prev^T dz``, ``dW_x = x^T dz`` and ``db = sum dz``
+  as one product per chunk. Forward mode (``jax.jvp``, ``jax.jacfwd``) and ``jax.vmap``
+  keep working, because the rule is an ordinary JVP.
+* What the backward pass keeps (``remat`` of :func:`jaxrnn.unroll`):
+
+  =============  =============================================  =====================
+  ``remat``      kept per step                                  recomputed
+  =============  =============================================  =====================
+  ``None``       the carry and the gate activations             nothing
+                 (LSTM ``h, c, i, f, g, o``: 6 H numbers)
+  ``"step"``     the carry only (LSTM ``h, c``)                 the gates, as one
+                                                                product per chunk
+  ``k``/"sqrt"   the carry at the start of each block of        each block's forward
+                 ``k`` steps (``k = ceil(sqrt(T))`` for sqrt)   scan
+  =============  =============================================  =====================
+
+  The recomputation lives inside :func:`jax.checkpoint` around each chunk of the
+  tangent, so only the listed arrays cross from the forward to the backward pass.
+
+Masked steps (``lengths``) keep the carry: ``carry_t = where(m_t, new_t, carry_{t-1})``
+and the same selection in the tangent. Sequences whose length is not a multiple of
+``K`` are padded with masked steps.
+
+Example::
+
+  >>> import jax, jax.numpy as jnp, jaxrnn as jr
+  >>> cell = jr.lstm(8)
+  >>> params = cell.init(jax.random.key(0), input_size=3)
+  >>> xs_tm = jnp.ones((5, 2, 3))                           # (time, batch, features)
+  >>> carry, hs = jr.fused.scan(cell, params, xs_tm, cell.initial_carry(2))
+  >>> hs.shape
+  (5, 2, 8)
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from typing import Any, Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+from jax.custom_derivatives import SymbolicZero
+
+from jaxrnn.cells import Cell
+
+Array = jax.Array
+
+__all__ = ["scan", "applies", "chunk_length", "DEFAULT_CHUNK"]
+
+#: Target chunk length ``K`` for ``remat=None`` and ``remat="step"``.
+DEFAULT_CHUNK = 16
+
+_KINDS = ("lstm", "gru", "rnn_tanh", "rnn_relu")
+
+
+# --------------------------------------------------------------------------- cell maths
+
+
+def _mm(a: Array, w: Array) -> Array:
+    """``a @ w`` over any leading dims, as one 2-D product (no transposes)."""
+    out = a.reshape(-1, a.shape[-1]) @ w
+    return out.reshape(a.shape[:-1] + (w.shape[-1],))
+
+
+class _Ops(NamedTuple):
+    """The per-kind maths. ``carry`` is always a tuple: ``(h, c)`` or ``(h,)``.
+
+    step(w_h, b_hn, carry, xp_t) -> (carry', acts_t)       the forward step
+    acts(w_h, b_hn, h_prev, xp) -> acts                     gates of a chunk at once
+    tangent(w_h, acts_t, prev_t, new_t, dcarry, dxp_t, dhx_t) -> dcarry'
+    recover(acts, start, hs, mask) -> carries of a chunk from its outputs ``hs`` and gates
+    n_carry: 1 or 2
+    split_rec: the recurrent tangent ``dhx`` is kept apart from ``dxp`` (GRU)
+    """
+
+    step: Callable
+    acts: Callable
+    tangent: Callable
+    recover: Callable
+    n_carry: int
+    split_rec: bool
+
+
+def _lstm_gates(z: Array, h: int):
+    i = jax.nn.sigmoid(z[..., 0 * h : 1 * h])
+    f = jax.nn.sigmoid(z[..., 1 * h : 2 * h])
+    g = jnp.tanh(z[..., 2 * h : 3 * h])
+    o = jax.nn.sigmoid(z[..., 3 * h : 4 * h])
+    return i, f, g, o
+
+
+def _lstm_step(w_h, b_hn, carry, xp_t):
+    h, c = carry
+    hs = h.shape[-1]
+    i, f, g, o = _lstm_gates(xp_t + h @ w_h, hs)
+    c_new = f * c + i * g
+    h_new = o * jnp.tanh(c_new)
+    return (h_new, c_new), jnp.concatenate([i, f, g, o], axis=-1)
+
+
+def _lstm_acts(w_h, b_hn, h_prev, xp):
+    return jnp.concatenate(_lstm_gates(xp + _mm(h_prev, w_h), h_prev.shape[-1]), axis=-1)
+
+
+def _lstm_tangent(w_h, a, prev, new, dcarry, dxp_t, dhx_t):
+    del dhx_t
+    hs = w_h.shape[0]
+    (_, c_prev), (_, c_new) = prev, new
+    dh, dc = dcarry
+    i, f, g, o = a[:, :hs], a[:, hs : 2 * hs], a[:, 2 * hs : 3 * hs], a[:, 3 * hs :]
+    dz = dxp_t + dh @ w_h
+    di = dz[:, :hs] * (i * (1 - i))
+    df = dz[:, hs : 2 * hs] * (f * (1 - f))
+    dg = dz[:, 2 * hs : 3 * hs] * (1 - g * g)
+    do = dz[:, 3 * hs :] * (o * (1 - o))
+    tc = jnp.tanh(c_new)
+    dc_new = df * c_prev + f * dc + di * g + i * dg
+    dh_new = do * tc + (o * (1 - tc * tc)) * dc_new
+    return (dh_new, dc_new)
+
+
+def _lstm_recover(acts, start, hs, mask):
+    """The cell states of a chunk from its gates: ``c_t = f_t c_{t-1} + i_t g_t``.
+
+    Only ``h`` is kept per step; ``c`` is rebuilt in the backward pass by this
+    elementwise recurrence (no matrix product), which saves ``H`` numbers per step.
+    """
+    n = hs.shape[-1]
+
+    def body(c, inp):
+        a_t, m_t = inp
+        c_new = a_t[:, n : 2 * n] * c + a_t[:, :n] * a_t[:, 2 * n : 3 * n]
+        if m_t is not None:
+            c_new = jnp.where(m_t[:, None], c_new, c)
+        return c_new, c_new
+
+    _, cs = lax.scan(body, start[1], (acts, mask), unroll=min(8, hs.shape[0]))
+    return (hs, cs)
+
+
+def _gru_step(w_h, b_hn, carry, xp_t):
+    (h,) = carry
+    hs = h.shape[-1]
+    hp = h @ w_h
+    r = jax.nn.sigmoid(xp_t[:, :hs] + hp[:, :hs])
+    z = jax.nn.sigmoid(xp_t[:, hs : 2 * hs] + hp[:, hs : 2 * hs])
+    a = hp[:, 2 * hs :] + b_hn
+    n = jnp.tanh(xp_t[:, 2 * hs :] + r * a)
+    h_new = (1.0 - z) * n + z * h
+    return (h_new,), jnp.concatenate([r, z, n, a], axis=-1)
+
+
+def _gru_acts(w_h, b_hn, h_prev, xp):
+    hs = h_prev.shape[-1]
+    hp = _mm(h_prev, w_h)
+    r = jax.nn.sigmoid(xp[..., :hs] + hp[..., :hs])
+    z = jax.nn.sigmoid(xp[..., hs : 2 * hs] + hp[..., hs : 2 * hs])
+    a = hp[..., 2 * hs :] + b_hn
+    n = jnp.tanh(xp[..., 2 * hs :] + r * a)
+    return jnp.concatenate([r, z, n, a], axis=-1)
+
+
+def _gru_tangent(w_h, acts, prev, new, dcarry, dxp_t, dhx_t):
+    del new
+    hs = w_h.shape[0]
+    (h_prev,), (dh,) = prev, dcarry
+    r, z, n, a = acts[:, :hs], acts[:, hs : 2 * hs], acts[:, 2 * hs : 3 * hs], acts[:, 3 * hs :]
+    dhp = dh @ w_h + dhx_t
+    dr = (dxp_t[:, :hs] + dhp[:, :hs]) * (r * (1 - r))
+    dz = (dxp_t[:, hs : 2 * hs] + dhp[:, hs : 2 * hs]) * (z * (1 - z))
+    dn = (dxp_t[:, 2 * hs :] + dr * a + r * dhp[:, 2 * hs :]) * (1 - n * n)
+    return ((1.0 - z) * dn + z * dh + dz * (h_prev - n),)
+
+
+def _rnn_ops(activation: str) -> _Ops:
+    phi = jnp.tanh if activation == "tanh" else jax.nn.relu
+
+    def step(w_h, b_hn, carry, xp_t):
+        h_new = phi(xp_t + carry[0] @ w_h)
+        return (h_new,), jnp.zeros((h_new.shape[0], 0), h_new.dtype)
+
+    def acts(w_h, b_hn, h_prev, xp):
+        return jnp.zeros(xp.shape[:-1] + (0,), xp.dtype)
+
+    def tangent(w_h, acts_t, prev, new, dcarry, dxp_t, dhx_t):
+        (h_new,), (dh,) = new, dcarry
+        slope = 1 - h_new * h_new if activation == "tanh" else (h_new > 0).astype(h_new.dtype)
+        return ((dxp_t + dh @ w_h) * slope,)
+
+    return _Ops(step, acts, tangent, _own_carry, 1, False)
+
+
+def _own_carry(acts, start, hs, mask):
+    return (hs,)
+
+
+_OPS = {
+    "lstm": _Ops(_lstm_step, _lstm_acts, _lstm_tangent, _lstm_recover, 2, False),
+    "gru": _Ops(_gru_step, _gru_acts, _gru_tangent, _own_carry, 1, True),
+    "rnn_tanh": _rnn_ops("tanh"),
+    "rnn_relu": _rnn_ops("relu"),
+}
+
+
+# --------------------------------------------------------------------------- scans
+
+
+def _select(m_t, new, old):
+    """``where(m_t, new, old)`` for each carry part; ``m_t`` is ``(B,)`` bool or None."""
+    if m_t is None:
+        return new
+    return tuple(jnp.where(m_t[:, None], n, o) for n, o in zip(new, old))
+
+
+def _chunk_forward(ops: _Ops, params, x_k, m_k, carry, unroll: int, keep: str):
+    """Forward over one chunk ``x_k: (K, B, I)``.
+
+    keep: "h" (the outputs ``h``), "carry" (every carry), "acts" (``h`` and the gates).
+    A long chunk (a remat block) is run in pieces of at most ``DEFAULT_CHUNK`` steps so
+    that its projected inputs never take more than one piece's memory.
+    """
+    k = x_k.shape[0]
+    s = _sub_chunk(k)
+    if s < k:
+        def piece(c, inp):
+            return _chunk_forward(ops, params, inp[0], inp[1], c, unroll, keep)
+
+        split = lambda a: a.reshape((k // s, s) + a.shape[1:])  # noqa: E731
+        carry, out = lax.scan(piece, carry, (split(x_k), None if m_k is None else split(m_k)))
+        return carry, jax.tree_util.tree_map(lambda a: a.reshape((k,) + a.shape[2:]), out)
+    w_h, b_hn = params["w_h"], params.get("b_hn")
+    xp = _mm(x_k, params["w_x"]) + params["b"]
+
+    def inner(c, inp):
+        xp_t, m_t = inp
+        new, acts = ops.step(w_h, b_hn, c, xp_t)
+        new = _select(m_t, new, c)
+        if keep == "h":
+            return new, new[0]
+        if keep == "carry":
+            return new, new
+        return new, (new[0], acts)
+
+    return lax.scan(inner, carry, (xp, m_k), unroll=unroll)
+
+
+def _chunk_input(xs_bm: Array, j: Array, *, k: int) -> Array:
+    """Steps ``[j k, (j + 1) k)`` of batch-major ``xs_bm: (B, T, I)``, as ``(k, B, I)``.
+
+    Slicing the batch-major array chunk by chunk avoids a time-major copy of the whole
+    input (``unroll`` hands over ``swapaxes(xs)``; XLA cancels the two transposes).
+    """
+    return jnp.swapaxes(lax.dynamic_slice_in_dim(xs_bm, j * k, k, axis=1), 0, 1)
+
+
+def _chunk_index(t: int, k: int, mask: Array | None):
+    """The outer scan's inputs: chunk numbers and the mask cut into chunks."""
+    n = t // k
+    m_k = None if mask is None else mask.reshape((n, k) + mask.shape[1:])
+    return jnp.arange(n, dtype=jnp.int32), m_k
+
+
+def _forward(ops: _Ops, params, xs, mask, carry, k: int, unroll: int, keep: str):
+    """Outer scan over chunks; per chunk also returns its starting carry."""
+    xs_bm = jnp.swapaxes(xs, 0, 1)
+
+    def outer(c, inp):
+        j, mm = inp
+        c_new, out = _chunk_forward(ops, params, _chunk_input(xs_bm, j, k=k), mm, c, unroll, keep)
+        return c_new, (out, c)
+
+    return lax.scan(outer, carry, _chunk_index(xs.shape[0], k, mask))
+
+
+def _is_zero(t) -> bool:
+    return isinstance(t, SymbolicZero)
+
+
+def _shift(start: Array, seq: Array) -> Array:
+    """``[start, seq[0], ..., seq[-2]]``: the incoming value at each step of a chunk."""
+    return jnp.concatenate([start[None], seq[:-1]], axis=0)
+
+
+def _input_terms(ops: _Ops, params, dparams, x_k, dx_k, h_prev):
+    """The tangent terms of one chunk that do not depend on the carry's tangent.
+
+    ``dxp = dx W_x + x dW_x + db`` and ``dhx = h_prev dW_h (+ db_hn)``, each a large
+    matrix product over the chunk; for cells without ``split_rec`` ``dhx`` is added to
+    ``dxp``. Zero tangents (parameters not being differentiated) are skipped.
+    """
+    w_x, w_h = params["w_x"], params["w_h"]
+    k, b = x_k.shape[:2]
+    hs, gh = w_h.shape
+    dxp = jnp.zeros((k, b, gh), x_k.dtype)
+    if dx_k is not None:
+        dxp = dxp + _mm(dx_k, w_x)
+    if not _is_zero(dparams["w_x"]):
+        dxp = dxp + _mm(x_k, dparams["w_x"])
+    if not _is_zero(dparams["b"]):
+        dxp = dxp + dparams["b"]
+    dhx = jnp.zeros((k, b, gh), x_k.dtype) if ops.split_rec else None
+    if not _is_zero(dparams["w_h"]):
+        rec = _mm(h_prev, dparams["w_h"])
+        if ops.split_rec:
+            dhx = dhx + rec
+        else:
+            dxp = dxp + rec
+    db_hn = dparams.get("b_hn")
+    if ops.split_rec and db_hn is not None and not _is_zero(db_hn):
+        dhx = dhx + jnp.concatenate([jnp.zeros((2 * hs,), x_k.dtype), db_hn])
+    return dxp, dhx
+
+
+def _tangent_chunks(ops: _Ops, params, dparams, get_x, inputs, dc0, unroll: int):
+    """Scan the tangent over chunks of ``k`` steps, each chunk under ``jax.checkpoint``.
+
+    inputs: per chunk ``(x_ref, mask, dx, (carries, acts), start)``; ``get_x(x_ref)``
+    gives the chunk's ``(k, B, I)`` inputs; ``carries`` is ``(hs,)`` or the whole carry;
+    ``acts`` the gates, or None to recompute them as one product per chunk. Missing
+    carry parts are rebuilt from the gates (``ops.recover``).
+    """
+    w_x, w_h, bias, b_hn = params["w_x"], params["w_h"], params["b"], params.get("b_hn")
+
+    def chunk(dc, inp):
+        x_ref, mm, dx_k, (carries_k, acts_k), start_k = inp
+        x_k = get_x(x_ref)
+        if acts_k is None:
+            acts_k = ops.acts(w_h, b_hn, _shift(start_k[0], carries_k[0]), _mm(x_k, w_x) + bias)
+        if len(carries_k) < ops.n_carry:
+            carries_k = ops.recover(acts_k, start_k, carries_k[0], mm)
+        prev_k = tuple(_shift(s, c) for s, c in zip(start_k, carries_k))
+        dxp, dhx = _input_terms(ops, params, dparams, x_k, dx_k, prev_k[0])
+
+        def inner(d, inp):
+            dxp_t, dhx_t, m_t, a_t, prev_t, new_t = inp
+            d_new = ops.tangent(w_h, a_t, prev_t, new_t, d, dxp_t, dhx_t)
+            d_new = _select(m_t, d_new, d)
+            return d_new, d_new[0]
+
+        # Under checkpoint, the gate derivatives (i (1 - i), ...) are recomputed in the
+        # backward loop instead of being stored for every step of the chunk.
+        inner = jax.checkpoint(inner, prevent_cse=False)
+        return lax.scan(inner, dc, (dxp, dhx, mm, acts_k, prev_k, carries_k), unroll=unroll)
+
+    return lax.scan(jax.checkpoint(chunk, prevent_cse=False), dc0, inputs)
+
+
+def _sub_chunk(k: int) -> int:
+    """Length of the pieces a block of ``k`` steps is differentiated in."""
+    if k <= 2 * DEFAULT_CHUNK:
+        return k
+    return max(d for d in range(1, DEFAULT_CHUNK + 1) if k % d == 0)
+
+
+def _tangent(ops: _Ops, cfg, params, xs, mask, saved, starts, dparams, dxs, dcarry0):
+    """The JVP's tangent. Returns ``(dcarry_T, dhs)``."""
+    k, unroll, save = cfg
+    t, b = xs.shape[:2]
+    hs = params["w_h"].shape[0]
+    xs_bm = jnp.swapaxes(xs, 0, 1)
+    idx, m_k = _chunk_index(t, k, mask)
+    dxs_k = None if _is_zero(dxs) else dxs.reshape((t // k, k) + dxs.shape[1:])
+    dc0 = tuple(jnp.zeros((b, hs), xs.dtype) if _is_zero(d) else d for d in dcarry0)
+    if save != "block":
+        inputs = (idx, m_k, dxs_k, saved, starts)
+        get_x = functools.partial(_chunk_input, xs_bm, k=k)
+        dcarry, dhs = _tangent_chunks(ops, params, dparams, get_x, inputs, dc0, unroll)
+        return dcarry, dhs.reshape((t, b, hs))
+
+    # Blocks: only each block's starting carry was kept. Recompute the block's carries,
+    # then differentiate it in pieces of s steps (gates recomputed per piece), so the
+    # memory of one block is 2 H numbers per step plus one piece.
+    s = _sub_chunk(k)
+    ns = k // s
+
+    def piece(a):
+        return a.reshape((ns, s) + a.shape[1:])
+
+    def block(dc, inp):
+        j, mm, dx_b, start_b = inp
+        x_b = _chunk_input(xs_bm, j, k=k)
+        _, carries_b = _chunk_forward(ops, params, x_b, mm, start_b, unroll, "carry")
+        starts_s = tuple(jnp.concatenate([st[None], c[s - 1 : k - 1 : s]], axis=0) for st, c in zip(start_b, carries_b))
+        inputs = (piece(x_b), None if mm is None else piece(mm), None if dx_b is None else piece(dx_b),
+                  (tuple(piece(c) for c in carries_b), None), starts_s)
+        return _tangent_chunks(ops, params, dparams, lambda x: x, inputs, dc, unroll)
+
+    dcarry, dhs = lax.scan(jax.checkpoint(block, prevent_cse=False), dc0, (idx, m_k, dxs_k, starts))
+    return dcarry, dhs.reshape((t, b, hs))
+
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(0, 1))
+def _recurrence(kind: str, cfg, params, xs, mask, carry0):
+    """``(carry_T, hs)`` of cell ``kind`` over time-major ``xs: (T, B, I)``; T % K == 0."""
+    k, unroll, _ = cfg
+    carry, (hs, _) = _forward(_OPS[kind], params, xs, mask, carry0, k, unroll, "h")
+    return carry, hs.reshape(xs.shape[:2] + hs.shape[-1:])
+
+
+def _recurrence_jvp(kind: str, cfg, primals, tangents):
+    params, xs, mask, carry0 = primals
+    dparams, dxs, _, dcarry0 = tangents
+    ops = _OPS[kind]
+    k, unroll, save = cfg
+    keep = "acts" if save == "acts" else "h"
+    carry, (out, starts) = _forward(ops, params, xs, mask, carry0, k, unroll, keep)
+    h_k = out[0] if keep == "acts" else out
+    hs = h_k.reshape(xs.shape[:2] + h_k.shape[-1:])
+    saved = {"acts": ((h_k,), out[1]), "carry": ((h_k,), None), "block": None}[save]
+    dcarry, dhs = _tangent(ops, cfg, params, xs, mask, saved, starts, dparams, dxs, dcarry0)
+    return (carry, hs), (dcarry, dhs)
+
+
+_recurrence.defjvp(_recurrence_jvp, symbolic_zeros=True)
+
+
+# --------------------------------------------------------------------------- entry points
+
+
+def applies(cell: Any, params: Any, xs_tm: Array, carry: Any) -> bool:
+    """Whether :func:`scan` handles this call (else the generic ``lax.scan`` path is used).
+
+    True for cells made by ``jr.lstm``, ``jr.gru`` and ``jr.rnn`` whose params, inputs
+    and carry all share one floating dtype and whose arrays are not empty.
+    """
+    if not isinstance(cell, Cell) or cell.kind not in _KINDS:
+        return False
+    if getattr(cell.step, "__module__", None) != "jaxrnn.cells":
+        return False  # a Cell put together by hand with its own step function
+    leaves = jax.tree_util.tree_leaves((params, carry, xs_tm))
+    dtypes = {jnp.result_type(v) for v in leaves}
+    if len(dtypes) != 1 or not jnp.issubdtype(next(iter(dtypes)), jnp.floating):
+        return False
+    return all(v.size > 0 for v in leaves if hasattr(v, "size"))
+
+
+def chunk_length(steps: int, remat: Any = None, chunk: int = DEFAULT_CHUNK) -> int:
+    """The chunk length ``K`` used for ``steps`` time steps.
+
+    For ``remat`` None or ``"step"``: ``steps`` itself when ``steps <= chunk``, else the
+    largest divisor of ``steps`` not above ``chunk`` if it is at least ``chunk / 2``,
+    else ``chunk`` (the sequence is then padded with masked steps). For an int block
+    length it is that int; for ``"sqrt"`` it is ``ceil(sqrt(steps))``.
+    """
+    if remat == "sqrt":
+        root = max(1, int(math.ceil(math.sqrt(max(steps, 1)))))
+        near = [d for d in range((root + 1) // 2, 2 * root + 1) if steps % d == 0]
+        return min(near, key=lambda d: abs(math.log(d / math.sqrt(steps)))) if near else root
+    if isinstance(remat, int) and not isinstance(remat, bool):
+        return remat
+    if steps <= chunk:
+        return max(steps, 1)
+    best = max(d for d in range(1, chunk + 1) if steps % d == 0)
+    return best if 2 * best >= chunk else chunk
+
+
+def scan(cell: Cell, params: dict, xs_tm: Array, carry: Any, mask: Array | None = None,
+         unroll: int = 1, remat: Any = None) -> tuple[Any, Array]:
+    """Run a built-in cell over time-major inputs with the hand-written derivative.
+
+    Args:
+      cell: a cell made by ``jr.lstm``, ``jr.gru`` or ``jr.rnn`` (see :func:`applies`).
+      params: its parameters (already checked by the caller).
+      xs_tm: ``(T, B, I)`` or ``(T, I)`` inputs, in the order the cell reads them.
+      carry: the initial carry, batch shape ``(B,)`` or ``()``.
+      mask: optional ``(T, B)`` (or ``(T,)``) bool, False where the carry is held.
+      unroll: ``lax.scan`` unroll of the per-step loops.
+      remat: ``None``, ``"step"``, ``"sqrt"`` or an int block length (see the module
+        docstring for what each keeps).
+
+    Returns:
+      ``(carry, hs)``: the final carry and ``hs: (T, B, H)`` (``(T, H)`` unbatched), the
+      outputs ``h_t``, zero where ``mask`` is False.
+    """
+    kind = cell.kind
+    ops = _OPS[kind]
+    steps = xs_tm.shape[0]
+    unbatched = xs_tm.ndim == 2
+    parts = tuple(carry) if ops.n_carry == 2 else (carry,)
+    if unbatched:
+        xs_tm = xs_tm[:, None]
+        parts = tuple(p[None] for p in parts)
+        mask = None if mask is None else mask[:, None]
+    k = chunk_length(steps, remat)
+    save = "acts" if remat is None else ("carry" if remat == "step" else "block")
+    m = mask
+    pad = -steps % k
+    if pad:
+        xs_tm = jnp.concatenate([xs_tm, jnp.zeros((pad,) + xs_tm.shape[1:], xs_tm.dtype)], axis=0)
+        valid = jnp.ones((steps, xs_tm.shape[1]), bool) if m is None else m
+        m = jnp.concatenate([valid, jnp.zeros((pad, xs_tm.shape[1]), bool)], axis=0)
+    new, hs = _recurrence(kind, (k, unroll, save), dict(params), xs_tm, m, parts)
+    if pad:
+        hs = hs[:steps]
+    if mask is not None:
+        hs = jnp.where(mask[..., None], hs, jnp.zeros((), hs.dtype))
+    if unbatched:
+        new = tuple(p[0] for p in new)
+        hs = hs[:, 0]
+    return (new if ops.n_carry == 2 else new[0]), hs
