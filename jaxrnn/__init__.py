@@ -12,6 +12,7 @@ from jaxrnn import diagnostics, tasks
 from jaxrnn import sequence
 from jaxrnn.cells import Cell, gru, lstm, rnn
 from jaxrnn.unroll import Bidirectional, Stack, bidirectional, output_size, stack, unroll
+from jaxrnn import fused
 from jaxrnn import interop  # imports torch only inside its functions
 from jaxrnn import parallel
 
@@ -21,5 +22,5 @@ __all__ = [
     "Cell", "rnn", "lstm", "gru",
     "unroll", "stack", "bidirectional", "Stack", "Bidirectional", "output_size",
     "layers", "corpus", "lm", "data", "tbptt", "bptt", "checkpoint", "clipped", "sequence", "interop",
-    "diagnostics", "tasks", "parallel",
+    "diagnostics", "tasks", "parallel", "fused",
 ]

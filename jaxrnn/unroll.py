@@ -370,7 +370,10 @@ def unroll(
       remat: what the backward pass keeps. ``None`` keeps each step's intermediates;
         ``"step"`` keeps only each step's carry and recomputes the rest; an int ``k``
         keeps one carry every ``k`` steps and recomputes each block of ``k``; ``"sqrt"``
-        uses ``k = ceil(sqrt(time))``. All give the same values to float tolerance.
+        uses ``k = ceil(sqrt(time))`` (for the built-in cells, the divisor of ``time``
+        nearest ``sqrt(time)`` when one lies within a factor 2). All give the same values
+        to float tolerance. The built-in cells (``jr.lstm``, ``jr.gru``, ``jr.rnn``) run
+        through :mod:`jaxrnn.fused`, whose backward pass keeps less per step (see there).
       key: PRNG key for dropout between the layers of a :class:`Stack`; ``None`` turns
         dropout off.
 
