@@ -40,7 +40,7 @@ bound for every cell (submultiplicativity of the operator norm).
 Everything is a pure function of arrays and traces under ``jax.jit`` (pass the cell and
 the loss function as static arguments or close over them)::
 
-    >>> import functools, jax, jax.numpy as jnp, jaxrnn as jr
+    >>> import jax, jax.numpy as jnp, jaxrnn as jr
     >>> cell = jr.rnn(8)
     >>> params = cell.init(jax.random.key(0), input_size=3)
     >>> xs = jax.random.normal(jax.random.key(1), (12, 3))
@@ -495,20 +495,26 @@ def by_distance(m: Array, reduce: str = "mean") -> Array:
       >>> jr.diagnostics.by_distance(m).tolist()     # d=0: mean(1, 3); d=1: 2
       [2.0, 2.0]
     """
-    fns = {
-        "mean": jnp.mean,
-        "median": jnp.median,
-        "max": jnp.max,
-        "min": jnp.min,
-        "geomean": lambda v, axis: jnp.exp(jnp.mean(jnp.log(v), axis=axis)),
-    }
-    if reduce not in fns:
-        raise ValueError(f"reduce must be one of {sorted(fns)}, got {reduce!r}")
+    reductions = ("mean", "geomean", "median", "max", "min")
+    if reduce not in reductions:
+        raise ValueError(f"reduce must be one of {sorted(reductions)}, got {reduce!r}")
     check_floating("m", m)
     if m.ndim < 2 or m.shape[-1] != m.shape[-2]:
         raise ValueError(f"m must have shape (..., T, T), got {shape_str(m.shape)}")
     n = m.shape[-1]
-    fn = fns[reduce]
-    return jnp.stack(
-        [fn(jnp.diagonal(m, offset=-d, axis1=-2, axis2=-1), axis=-1) for d in range(n)], axis=-1
-    )
+    # One gather: v[..., d, t] = m[..., t + d, t], valid where t + d < T.
+    d_idx, t_idx = np.indices((n, n))
+    valid = jnp.asarray(t_idx + d_idx < n)
+    v = m[..., np.minimum(t_idx + d_idx, n - 1), t_idx]
+    count = jnp.asarray((n - np.arange(n)).astype(np.float64), m.dtype)
+    zero = jnp.zeros((), m.dtype)
+    if reduce == "mean":
+        return jnp.sum(jnp.where(valid, v, zero), axis=-1) / count
+    if reduce == "geomean":
+        logs = jnp.where(valid, jnp.log(jnp.where(valid, v, 1)), zero)
+        return jnp.exp(jnp.sum(logs, axis=-1) / count)
+    if reduce == "median":
+        return jnp.nanmedian(jnp.where(valid, v, jnp.nan), axis=-1)
+    if reduce == "max":
+        return jnp.max(jnp.where(valid, v, -jnp.inf), axis=-1)
+    return jnp.min(jnp.where(valid, v, jnp.inf), axis=-1)

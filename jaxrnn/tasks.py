@@ -31,6 +31,7 @@ Example::
 
 from __future__ import annotations
 
+import functools
 from typing import Any, NamedTuple
 
 import jax
@@ -124,7 +125,11 @@ def copy_task(
     _pos_int("length", length)
     _pos_int("delay", delay)
     _pos_int("num_symbols", num_symbols, 2)
-    dtype = _float_dtype(dtype)
+    return _copy_task(key, batch_size, length, delay, num_symbols, _float_dtype(dtype))
+
+
+@functools.partial(jax.jit, static_argnums=(1, 2, 3, 4, 5))
+def _copy_task(key, batch_size, length, delay, num_symbols, dtype) -> Batch:
     blank, delim = num_symbols, num_symbols + 1
     total = 2 * length + delay
     data = jax.random.randint(key, (batch_size, length), 0, num_symbols, dtype=jnp.int32)
@@ -168,7 +173,11 @@ def adding_problem(key: Any, batch_size: int, length: int = 50, dtype=jnp.float3
     key = _key(key)
     _pos_int("batch_size", batch_size)
     _pos_int("length", length, 2)
-    dtype = _float_dtype(dtype)
+    return _adding_problem(key, batch_size, length, _float_dtype(dtype))
+
+
+@functools.partial(jax.jit, static_argnums=(1, 2, 3))
+def _adding_problem(key, batch_size, length, dtype) -> Batch:
     k_v, k_a, k_b = jax.random.split(key, 3)
     half = length // 2
     values = jax.random.uniform(k_v, (batch_size, length), dtype)
@@ -220,7 +229,11 @@ def delayed_recall(
     _pos_int("length", length)
     _pos_int("lag", lag)
     _pos_int("num_symbols", num_symbols, 2)
-    dtype = _float_dtype(dtype)
+    return _delayed_recall(key, batch_size, length, lag, num_symbols, _float_dtype(dtype))
+
+
+@functools.partial(jax.jit, static_argnums=(1, 2, 3, 4, 5))
+def _delayed_recall(key, batch_size, length, lag, num_symbols, dtype) -> Batch:
     ids = jax.random.randint(key, (batch_size, length), 0, num_symbols, dtype=jnp.int32)
     blank = jnp.full((batch_size, min(lag, length)), num_symbols, jnp.int32)
     targets = jnp.concatenate([blank, ids[:, : max(length - lag, 0)]], axis=1)
