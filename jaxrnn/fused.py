@@ -117,6 +117,7 @@ class _Ops(NamedTuple):
     rows), so that the per-step work of the transposed (backward) loop is minimal.
     n_carry: 1 or 2
     split_rec: the recurrent tangent ``dhx`` is kept apart from ``dxp`` (GRU)
+    inplace: the gates are as wide as ``x W_x`` (LSTM), see :func:`_forward_inplace`
     """
 
     step: Callable
@@ -126,6 +127,7 @@ class _Ops(NamedTuple):
     recover: Callable
     n_carry: int
     split_rec: bool
+    inplace: bool
 
 
 def _lstm_consts(h: int, dtype):
@@ -287,7 +289,7 @@ def _rnn_ops(activation: str) -> _Ops:
     def tangent(w_hT, coef_t, dcarry, dxp_t, dhx_t):
         return ((dxp_t + _rec(dcarry[0], w_hT)) * coef_t[0],)
 
-    return _Ops(step, acts, coefs, tangent, _own_carry, 1, False)
+    return _Ops(step, acts, coefs, tangent, _own_carry, 1, False, False)
 
 
 def _own_carry(acts, start, hs, mask):
@@ -295,8 +297,8 @@ def _own_carry(acts, start, hs, mask):
 
 
 _OPS = {
-    "lstm": _Ops(_lstm_step, _lstm_acts, _lstm_coefs, _lstm_tangent, _lstm_recover, 2, False),
-    "gru": _Ops(_gru_step, _gru_acts, _gru_coefs, _gru_tangent, _own_carry, 1, True),
+    "lstm": _Ops(_lstm_step, _lstm_acts, _lstm_coefs, _lstm_tangent, _lstm_recover, 2, False, True),
+    "gru": _Ops(_gru_step, _gru_acts, _gru_coefs, _gru_tangent, _own_carry, 1, True, False),
     "rnn_tanh": _rnn_ops("tanh"),
     "rnn_relu": _rnn_ops("relu"),
 }
@@ -372,6 +374,44 @@ def _forward(ops: _Ops, params, xs, mask, carry, k: int, unroll: int, keep: str)
     return lax.scan(outer, carry, _chunk_index(xs.shape[0], k, mask))
 
 
+def _forward_inplace(ops: _Ops, params, xs, mask, carry, k: int, unroll: int):
+    """The forward of ``remat=None`` for cells whose gates are as wide as ``x W_x`` (LSTM).
+
+    The input projection of the whole sequence is one matrix product into a ``(T, B, G H)``
+    buffer, and the loop overwrites step ``t`` of that buffer with the step's gates, so
+    the gates kept for the backward pass take no memory beyond the projection's and no
+    zero-filled output buffers or per-chunk copies are needed. Also records the carry at
+    the start of every chunk of ``k`` steps. Returns ``(carry, hs, acts, starts)``.
+    """
+    t_len, b = xs.shape[:2]
+    n = t_len // k
+    w_h, b_hn = params["w_h"], params.get("b_hn")
+    buf = _mm(xs, params["w_x"])  # the bias is added in the loop: no second (T, B, GH) buffer
+    bias = params["b"]
+    hs = jnp.zeros((t_len,) + carry[0].shape, carry[0].dtype)
+    starts = tuple(jnp.zeros((n,) + c.shape, c.dtype) for c in carry)
+
+    def outer(i, st):
+        c, buf, hs, starts = st
+        starts = tuple(lax.dynamic_update_index_in_dim(a, v, i, 0) for a, v in zip(starts, c))
+
+        def inner(j, st):
+            c, buf, hs = st
+            t = i * k + j
+            new, a = ops.step(w_h, b_hn, c, lax.dynamic_index_in_dim(buf, t, keepdims=False) + bias)
+            if mask is not None:
+                new = _select(lax.dynamic_index_in_dim(mask, t, keepdims=False), new, c)
+            buf = lax.dynamic_update_index_in_dim(buf, a, t, 0)
+            hs = lax.dynamic_update_index_in_dim(hs, new[0], t, 0)
+            return new, buf, hs
+
+        c, buf, hs = lax.fori_loop(0, k, inner, (c, buf, hs), unroll=unroll)
+        return c, buf, hs, starts
+
+    carry, acts, hs, starts = lax.fori_loop(0, n, outer, (carry, buf, hs, starts))
+    return carry, hs, acts, starts
+
+
 def _is_zero(t) -> bool:
     return isinstance(t, SymbolicZero)
 
@@ -411,20 +451,20 @@ def _input_terms(ops: _Ops, params, dparams, x_k, dx_k, h_prev):
     return dxp, dhx
 
 
-def _tangent_chunks(ops: _Ops, params, dparams, get_x, inputs, dc0, unroll: int):
+def _tangent_chunks(ops: _Ops, params, dparams, get, inputs, dc0, unroll: int):
     """Scan the tangent over chunks of ``k`` steps, each chunk under ``jax.checkpoint``.
 
-    inputs: per chunk ``(x_ref, mask, dx, (carries, acts), start)``; ``get_x(x_ref)``
-    gives the chunk's ``(k, B, I)`` inputs; ``carries`` is ``(hs,)`` or the whole carry;
-    ``acts`` the gates, or None to recompute them as one product per chunk. Missing
-    carry parts are rebuilt from the gates (``ops.recover``).
+    inputs: per chunk ``(ref, mask, dx, start)``; ``get(ref)`` gives the chunk's
+    ``(k, B, I)`` inputs and ``(carries, acts)``: ``carries`` is ``(hs,)`` or the whole
+    carry, ``acts`` the gates or None to recompute them as one product per chunk.
+    Missing carry parts are rebuilt from the gates (``ops.recover``).
     """
     w_x, w_h, bias, b_hn = params["w_x"], params["w_h"], params["b"], params.get("b_hn")
     w_hT = w_h.T  # materialised once, so the backward step's product is a plain one
 
     def chunk(dc, inp):
-        x_ref, mm, dx_k, (carries_k, acts_k), start_k = inp
-        x_k = get_x(x_ref)
+        ref, mm, dx_k, start_k = inp
+        x_k, (carries_k, acts_k) = get(ref)
         if acts_k is None:
             acts_k = ops.acts(w_h, b_hn, _shift(start_k[0], carries_k[0]), _mm(x_k, w_x) + bias)
         if len(carries_k) < ops.n_carry:
@@ -460,9 +500,14 @@ def _tangent(ops: _Ops, cfg, params, xs, mask, saved, starts, dparams, dxs, dcar
     dxs_k = None if _is_zero(dxs) else dxs.reshape((t // k, k) + dxs.shape[1:])
     dc0 = tuple(jnp.zeros((b, hs), xs.dtype) if _is_zero(d) else d for d in dcarry0)
     if save != "block":
-        inputs = (idx, m_k, dxs_k, saved, starts)
-        get_x = functools.partial(_chunk_input, xs_bm, k=k)
-        dcarry, dhs = _tangent_chunks(ops, params, dparams, get_x, inputs, dc0, unroll)
+        # The kept arrays are (T, B, .) buffers, sliced chunk by chunk inside the loop
+        # (XLA fuses the slices into their consumers: no per-chunk copies).
+        def get(j):
+            piece = lambda a: lax.dynamic_slice_in_dim(a, j * k, k, axis=0)  # noqa: E731
+            carries, acts = saved
+            return _chunk_input(xs_bm, j, k=k), (tuple(map(piece, carries)), None if acts is None else piece(acts))
+
+        dcarry, dhs = _tangent_chunks(ops, params, dparams, get, (idx, m_k, dxs_k, starts), dc0, unroll)
         return dcarry, dhs.reshape((t, b, hs))
 
     # Blocks: only each block's starting carry was kept. Recompute the block's carries,
@@ -479,9 +524,9 @@ def _tangent(ops: _Ops, cfg, params, xs, mask, saved, starts, dparams, dxs, dcar
         x_b = _chunk_input(xs_bm, j, k=k)
         _, carries_b = _chunk_forward(ops, params, x_b, mm, start_b, unroll, "carry")
         starts_s = tuple(jnp.concatenate([st[None], c[s - 1 : k - 1 : s]], axis=0) for st, c in zip(start_b, carries_b))
-        inputs = (piece(x_b), None if mm is None else piece(mm), None if dx_b is None else piece(dx_b),
-                  (tuple(piece(c) for c in carries_b), None), starts_s)
-        return _tangent_chunks(ops, params, dparams, lambda x: x, inputs, dc, unroll)
+        inputs = ((piece(x_b), tuple(piece(c) for c in carries_b)), None if mm is None else piece(mm),
+                  None if dx_b is None else piece(dx_b), starts_s)
+        return _tangent_chunks(ops, params, dparams, lambda ref: (ref[0], (ref[1], None)), inputs, dc, unroll)
 
     dcarry, dhs = lax.scan(jax.checkpoint(block, prevent_cse=False), dc0, (idx, m_k, dxs_k, starts))
     return dcarry, dhs.reshape((t, b, hs))
@@ -500,11 +545,14 @@ def _recurrence_jvp(kind: str, cfg, primals, tangents):
     dparams, dxs, _, dcarry0 = tangents
     ops = _OPS[kind]
     k, unroll, save = cfg
-    keep = "acts" if save == "acts" else "h"
-    carry, (out, starts) = _forward(ops, params, xs, mask, carry0, k, unroll, keep)
-    h_k = out[0] if keep == "acts" else out
-    hs = h_k.reshape(xs.shape[:2] + h_k.shape[-1:])
-    saved = {"acts": ((h_k,), out[1]), "carry": ((h_k,), None), "block": None}[save]
+    flat = lambda a: a.reshape(xs.shape[:1] + a.shape[2:])  # noqa: E731  (n, K, ...) -> (T, ...)
+    if save == "acts" and ops.inplace:
+        carry, hs, acts, starts = _forward_inplace(ops, params, xs, mask, carry0, k, unroll)
+    else:
+        keep = "acts" if save == "acts" else "h"
+        carry, (out, starts) = _forward(ops, params, xs, mask, carry0, k, unroll, keep)
+        hs, acts = (flat(out[0]), flat(out[1])) if keep == "acts" else (flat(out), None)
+    saved = None if save == "block" else ((hs,), acts)
     dcarry, dhs = _tangent(ops, cfg, params, xs, mask, saved, starts, dparams, dxs, dcarry0)
     return (carry, hs), (dcarry, dhs)
 
