@@ -354,9 +354,13 @@ def _plot_curves(path: str, history: dict, level: str, title: str) -> None:
                 label="validation")
     ax.set_xlabel("step")
     ax.set_ylabel(unit)
-    if level != "char":
+    if level != "char":  # perplexity on the right, at round values within the loss range
         sec = ax.secondary_yaxis("right", functions=(lambda v: np.exp(np.clip(v, -50, 50)),
                                                      lambda p: np.log(np.maximum(p, 1e-12))))
+        lo, hi = ax.get_ylim()
+        ticks = [m * 10.0 ** k for k in range(0, 7) for m in (1, 2, 5) if lo <= math.log(m * 10.0 ** k) <= hi]
+        sec.set_yticks(ticks)
+        sec.set_yticklabels([f"{t:g}" for t in ticks])
         sec.set_ylabel("perplexity")
     ax.set_title(title, fontsize=9)
     ax.grid(alpha=0.3)
@@ -394,7 +398,7 @@ def _sample_text(model, params, vocab, prompt: str | None, length: int, temperat
 def _train(args: argparse.Namespace) -> int:
     import jax
 
-    from jaxrnn import checkpoint, lm, tbptt
+    from jaxrnn import checkpoint, lm
     from jaxrnn import corpus as jc
     from jaxrnn.data import offset_batches
 
