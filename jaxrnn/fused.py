@@ -9,23 +9,29 @@ every step, adds a rank-``B`` update of ``dW_h`` inside the backward loop, and k
 hoisted input projection ``x W_x + b`` (``G H`` numbers per step) alive. Here the
 recurrence is a :func:`jax.custom_jvp` function whose tangent is written by hand:
 
-* Time is cut into chunks of ``K`` steps (an outer ``lax.scan`` over chunks, an inner one
-  over the steps of a chunk). The input projection of a chunk is one matrix product
-  ``(K B, I) @ (I, G H)``; only ``h W_h`` and the gate nonlinearities are per step.
+* Time is cut into chunks of ``K`` steps (``DEFAULT_CHUNK``). With ``remat=None`` the
+  LSTM and GRU forward projects the whole sequence with one matrix product into a
+  ``(T, B, G H)`` buffer and overwrites each step of it with that step's gates (in
+  place: the gates kept for the backward pass cost no extra memory); the other modes
+  project chunk by chunk, ``(K B, I) @ (I, G H)``. Only ``h W_h`` and the gate
+  nonlinearities are per step, and the gates are computed as one ``tanh`` over the
+  whole ``(B, G H)`` row (``sigmoid(z) = (tanh(z / 2) + 1) / 2``).
 * The tangent (and so, after JAX transposes it, the backward pass) moves the weight
   terms out of the per-step loop: for the LSTM, with ``h_prev`` the chunk's incoming
   states stacked ``(K B, H)``::
 
-      dz_chunk = dx W_x + x dW_x + db + h_prev dW_h        # three large products per chunk
+      dz_chunk = dx W_x + db + [x, h_prev] [dW_x; dW_h]   # large products per chunk
       dz_t     = dz_chunk[t] + dh_{t-1} W_h                 # the only per-step product
       di, df, dg, do = dz_t * [i(1-i), f(1-f), 1-g^2, o(1-o)]
       dc_t     = df * c_{t-1} + f * dc_{t-1} + di * g + i * dg
       dh_t     = do * tanh(c_t) + o * (1 - tanh(c_t)^2) * dc_t
 
-  so the transposed (reverse-mode) computation runs one backward scan over the steps of
-  a chunk, then accumulates ``dW_h = h_prev^T dz``, ``dW_x = x^T dz`` and ``db = sum dz``
-  as one product per chunk. Forward mode (``jax.jvp``, ``jax.jacfwd``) and ``jax.vmap``
-  keep working, because the rule is an ordinary JVP.
+  so the transposed (reverse-mode) computation runs one backward loop over the steps
+  of a chunk, then accumulates ``[dW_x; dW_h] = [x, h_prev]^T dz`` and ``db = sum dz``
+  as one product per chunk. The per-step coefficients (``i (1 - i)``...) are computed
+  for the whole chunk at once, so the backward step is one product and one fused
+  elementwise pass. Forward mode (``jax.jvp``, ``jax.jacfwd``) and ``jax.vmap`` keep
+  working, because the rule is an ordinary JVP.
 * What the backward pass keeps (``remat`` of :func:`jaxrnn.unroll`):
 
   =============  ==============================================  ====================
@@ -117,7 +123,8 @@ class _Ops(NamedTuple):
     rows), so that the per-step work of the transposed (backward) loop is minimal.
     n_carry: 1 or 2
     split_rec: the recurrent tangent ``dhx`` is kept apart from ``dxp`` (GRU)
-    inplace: the gates are as wide as ``x W_x`` (LSTM), see :func:`_forward_inplace`
+    inplace: the first part of ``acts`` is as wide as ``x W_x`` (LSTM, GRU), see
+      :func:`_forward_inplace`
     """
 
     step: Callable
@@ -219,26 +226,30 @@ def _lstm_recover(acts, start, hs, mask):
     return (hs, jnp.stack(cs))
 
 
+def _sigmoid(x: Array) -> Array:
+    """``sigmoid(x) = 0.5 tanh(0.5 x) + 0.5``: one vectorised transcendental on CPU."""
+    return 0.5 * jnp.tanh(0.5 * x) + 0.5
+
+
+def _gru_gates(hp, xp, b_hn):
+    """``(r z n, a)``: ``[r, z, n]`` as one ``(..., 3H)`` array and ``a = hn + b_hn``."""
+    n_ = hp.shape[-1] // 3
+    rz = _sigmoid(xp[..., : 2 * n_] + hp[..., : 2 * n_])
+    a = hp[..., 2 * n_ :] + b_hn
+    n = jnp.tanh(xp[..., 2 * n_ :] + rz[..., :n_] * a)
+    return jnp.concatenate([rz, n], axis=-1), a
+
+
 def _gru_step(w_h, b_hn, carry, xp_t):
     (h,) = carry
-    hs = h.shape[-1]
-    hp = h @ w_h
-    r = jax.nn.sigmoid(xp_t[:, :hs] + hp[:, :hs])
-    z = jax.nn.sigmoid(xp_t[:, hs : 2 * hs] + hp[:, hs : 2 * hs])
-    a = hp[:, 2 * hs :] + b_hn
-    n = jnp.tanh(xp_t[:, 2 * hs :] + r * a)
-    h_new = (1.0 - z) * n + z * h
-    return (h_new,), jnp.concatenate([r, z, n, a], axis=-1)
+    n_ = h.shape[-1]
+    rzn, a = _gru_gates(h @ w_h, xp_t, b_hn)
+    z, n = rzn[:, n_ : 2 * n_], rzn[:, 2 * n_ :]
+    return (n + z * (h - n),), (rzn, a)
 
 
 def _gru_acts(w_h, b_hn, h_prev, xp):
-    hs = h_prev.shape[-1]
-    hp = _mm(h_prev, w_h)
-    r = jax.nn.sigmoid(xp[..., :hs] + hp[..., :hs])
-    z = jax.nn.sigmoid(xp[..., hs : 2 * hs] + hp[..., hs : 2 * hs])
-    a = hp[..., 2 * hs :] + b_hn
-    n = jnp.tanh(xp[..., 2 * hs :] + r * a)
-    return jnp.concatenate([r, z, n, a], axis=-1)
+    return _gru_gates(_mm(h_prev, w_h), xp, b_hn)
 
 
 def _gru_coefs(acts, prev, new):
@@ -247,8 +258,9 @@ def _gru_coefs(acts, prev, new):
         R = [1, 1, r]   D = [r (1 - r), z (1 - z), 1]
         E = [(1 - z)(1 - n^2) a, h_prev - n, (1 - z)(1 - n^2)]
     """
-    n_ = acts.shape[-1] // 4
-    r, z, n, a = acts[..., :n_], acts[..., n_ : 2 * n_], acts[..., 2 * n_ : 3 * n_], acts[..., 3 * n_ :]
+    rzn, a = acts
+    n_ = a.shape[-1]
+    r, z, n = rzn[..., :n_], rzn[..., n_ : 2 * n_], rzn[..., 2 * n_ :]
     (h_prev,) = prev
     one = jnp.ones_like(r)
     zn = (1 - z) * (1 - n * n)
@@ -298,7 +310,7 @@ def _own_carry(acts, start, hs, mask):
 
 _OPS = {
     "lstm": _Ops(_lstm_step, _lstm_acts, _lstm_coefs, _lstm_tangent, _lstm_recover, 2, False, True),
-    "gru": _Ops(_gru_step, _gru_acts, _gru_coefs, _gru_tangent, _own_carry, 1, True, False),
+    "gru": _Ops(_gru_step, _gru_acts, _gru_coefs, _gru_tangent, _own_carry, 1, True, True),
     "rnn_tanh": _rnn_ops("tanh"),
     "rnn_relu": _rnn_ops("relu"),
 }
@@ -375,11 +387,12 @@ def _forward(ops: _Ops, params, xs, mask, carry, k: int, unroll: int, keep: str)
 
 
 def _forward_inplace(ops: _Ops, params, xs, mask, carry, k: int, unroll: int):
-    """The forward of ``remat=None`` for cells whose gates are as wide as ``x W_x`` (LSTM).
+    """The forward of ``remat=None`` for cells whose gates are as wide as ``x W_x``.
 
     The input projection of the whole sequence is one matrix product into a ``(T, B, G H)``
-    buffer, and the loop overwrites step ``t`` of that buffer with the step's gates, so
-    the gates kept for the backward pass take no memory beyond the projection's and no
+    buffer, and the loop overwrites step ``t`` of that buffer with the step's gates (for
+    the GRU ``[r, z, n]``; its ``a = h W_hn + b_hn`` goes to a side buffer), so the
+    gates kept for the backward pass take no memory beyond the projection's and no
     zero-filled output buffers or per-chunk copies are needed. Also records the carry at
     the start of every chunk of ``k`` steps. Returns ``(carry, hs, acts, starts)``.
     """
@@ -390,26 +403,29 @@ def _forward_inplace(ops: _Ops, params, xs, mask, carry, k: int, unroll: int):
     bias = params["b"]
     hs = jnp.zeros((t_len,) + carry[0].shape, carry[0].dtype)
     starts = tuple(jnp.zeros((n,) + c.shape, c.dtype) for c in carry)
+    x0 = jnp.zeros(buf.shape[1:], buf.dtype)
+    side = [jnp.zeros((t_len,) + a.shape, a.dtype) for a in jax.eval_shape(
+        lambda: jax.tree_util.tree_leaves(ops.step(w_h, b_hn, carry, x0)[1])[1:])]
 
     def outer(i, st):
-        c, buf, hs, starts = st
+        c, bufs, starts = st
         starts = tuple(lax.dynamic_update_index_in_dim(a, v, i, 0) for a, v in zip(starts, c))
 
         def inner(j, st):
-            c, buf, hs = st
+            c, bufs = st
             t = i * k + j
-            new, a = ops.step(w_h, b_hn, c, lax.dynamic_index_in_dim(buf, t, keepdims=False) + bias)
+            new, acts = ops.step(w_h, b_hn, c, lax.dynamic_index_in_dim(bufs[0], t, keepdims=False) + bias)
             if mask is not None:
                 new = _select(lax.dynamic_index_in_dim(mask, t, keepdims=False), new, c)
-            buf = lax.dynamic_update_index_in_dim(buf, a, t, 0)
-            hs = lax.dynamic_update_index_in_dim(hs, new[0], t, 0)
-            return new, buf, hs
+            vals = jax.tree_util.tree_leaves(acts) + [new[0]]
+            return new, [lax.dynamic_update_index_in_dim(u, v, t, 0) for u, v in zip(bufs, vals)]
 
-        c, buf, hs = lax.fori_loop(0, k, inner, (c, buf, hs), unroll=unroll)
-        return c, buf, hs, starts
+        c, bufs = lax.fori_loop(0, k, inner, (c, bufs), unroll=unroll)
+        return c, bufs, starts
 
-    carry, acts, hs, starts = lax.fori_loop(0, n, outer, (carry, buf, hs, starts))
-    return carry, hs, acts, starts
+    carry, bufs, starts = lax.fori_loop(0, n, outer, (carry, [buf] + side + [hs], starts))
+    acts_def = jax.tree_util.tree_structure(jax.eval_shape(lambda: ops.step(w_h, b_hn, carry, x0)[1]))
+    return carry, bufs[-1], jax.tree_util.tree_unflatten(acts_def, bufs[:-1]), starts
 
 
 def _is_zero(t) -> bool:
@@ -434,10 +450,16 @@ def _input_terms(ops: _Ops, params, dparams, x_k, dx_k, h_prev):
     dxp = jnp.zeros((k, b, gh), x_k.dtype)
     if dx_k is not None:
         dxp = dxp + _mm(dx_k, w_x)
-    if not _is_zero(dparams["w_x"]):
-        dxp = dxp + _mm(x_k, dparams["w_x"])
     if not _is_zero(dparams["b"]):
         dxp = dxp + dparams["b"]
+    dw_x, dw_h = dparams["w_x"], dparams["w_h"]
+    if not ops.split_rec and not _is_zero(dw_x) and not _is_zero(dw_h):
+        # One product [x, h_prev] @ [dW_x; dW_h]: transposed, one (I + H, K B) @ (K B, GH)
+        # product gives both weight gradients (markedly faster than two on CPU).
+        xh = jnp.concatenate([x_k, h_prev], axis=-1)
+        return dxp + _mm(xh, jnp.concatenate([dw_x, dw_h], axis=0)), None
+    if not _is_zero(dw_x):
+        dxp = dxp + _mm(x_k, dw_x)
     dhx = jnp.zeros((k, b, gh), x_k.dtype) if ops.split_rec else None
     if not _is_zero(dparams["w_h"]):
         rec = _mm(h_prev, dparams["w_h"])
@@ -505,7 +527,8 @@ def _tangent(ops: _Ops, cfg, params, xs, mask, saved, starts, dparams, dxs, dcar
         def get(j):
             piece = lambda a: lax.dynamic_slice_in_dim(a, j * k, k, axis=0)  # noqa: E731
             carries, acts = saved
-            return _chunk_input(xs_bm, j, k=k), (tuple(map(piece, carries)), None if acts is None else piece(acts))
+            acts = None if acts is None else jax.tree_util.tree_map(piece, acts)
+            return _chunk_input(xs_bm, j, k=k), (tuple(map(piece, carries)), acts)
 
         dcarry, dhs = _tangent_chunks(ops, params, dparams, get, (idx, m_k, dxs_k, starts), dc0, unroll)
         return dcarry, dhs.reshape((t, b, hs))
@@ -551,7 +574,7 @@ def _recurrence_jvp(kind: str, cfg, primals, tangents):
     else:
         keep = "acts" if save == "acts" else "h"
         carry, (out, starts) = _forward(ops, params, xs, mask, carry0, k, unroll, keep)
-        hs, acts = (flat(out[0]), flat(out[1])) if keep == "acts" else (flat(out), None)
+        hs, acts = (flat(out[0]), jax.tree_util.tree_map(flat, out[1])) if keep == "acts" else (flat(out), None)
     saved = None if save == "block" else ((hs,), acts)
     dcarry, dhs = _tangent(ops, cfg, params, xs, mask, saved, starts, dparams, dxs, dcarry0)
     return (carry, hs), (dcarry, dhs)

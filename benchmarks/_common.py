@@ -1,0 +1,158 @@
+"""Shared helpers of the speed and memory benchmarks (bptt_memory, throughput, compile_time).
+
+* :func:`machine_info` / :func:`header_markdown`: the machine and version header every
+  results file starts with (CPU model from /proc/cpuinfo, cores, load average, python,
+  jax, jaxlib, optax, torch and flax versions, XLA flags, date).
+* :func:`interleaved`: timing of several competitors in one process, in interleaved
+  rounds, with the median of per-round ratios (robust to a shared, noisy machine).
+* :func:`write_results`: ``<name>.md`` and ``<name>.json`` under the output folder.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from typing import Callable
+
+ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
+if ROOT not in sys.path:
+    sys.path.insert(0, ROOT)
+
+RESULTS = os.path.join(ROOT, "benchmarks", "results")
+
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"
+
+
+def _version(module: str) -> str | None:
+    try:
+        mod = __import__(module)
+    except ImportError:
+        return None
+    return getattr(mod, "__version__", "unknown")
+
+
+def machine_info() -> dict:
+    """Machine and software versions, for the header of every results file."""
+    import jax
+
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not Linux
+        cores = os.cpu_count()
+    info = {
+        "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "cpu": _cpu_model(),
+        "cores": cores,
+        "load_average_1_5_15": [round(v, 2) for v in os.getloadavg()],
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "jax": jax.__version__,
+        "jaxlib": _version("jaxlib"),
+        "optax": _version("optax"),
+        "torch": _version("torch"),
+        "flax": _version("flax"),
+        "jax_backend": jax.default_backend(),
+        "devices": [str(d) for d in jax.devices()],
+        "XLA_FLAGS": os.environ.get("XLA_FLAGS", ""),
+    }
+    try:
+        import torch
+
+        info["torch_threads"] = torch.get_num_threads()
+        info["torch_mkldnn"] = bool(torch.backends.mkldnn.is_available())
+    except ImportError:
+        pass
+    return info
+
+
+def header_markdown(title: str, info: dict, command: str) -> str:
+    """A markdown header: title, command line, and the machine/version table."""
+    lines = [f"# {title}", "", f"Command: `{command}`", "", "| | |", "|---|---|"]
+    for key in ("date", "cpu", "cores", "load_average_1_5_15", "platform", "python", "jax", "jaxlib", "optax",
+                "torch", "torch_threads", "torch_mkldnn", "flax", "jax_backend", "XLA_FLAGS"):
+        if key in info and info[key] not in (None, ""):
+            lines.append(f"| {key} | {info[key]} |")
+    return "\n".join(lines) + "\n"
+
+
+def write_results(name: str, markdown: str, payload: dict, out_dir: str = RESULTS) -> tuple[str, str]:
+    """Write ``<name>.md`` and ``<name>.json``; return their paths."""
+    os.makedirs(out_dir, exist_ok=True)
+    md_path = os.path.join(out_dir, f"{name}.md")
+    json_path = os.path.join(out_dir, f"{name}.json")
+    with open(md_path, "w") as f:
+        f.write(markdown)
+    with open(json_path, "w") as f:
+        json.dump(payload, f, indent=1, sort_keys=False)
+        f.write("\n")
+    return md_path, json_path
+
+
+def command_line() -> str:
+    return "python " + " ".join([os.path.relpath(sys.argv[0], ROOT)] + sys.argv[1:])
+
+
+def interleaved(runners: dict[str, Callable[[int], float]], rounds: int, reps: int,
+                reference: str, log: Callable[[str], None] | None = print) -> dict:
+    """Time several competitors in interleaved rounds.
+
+    Args:
+      runners: name -> ``run(n)`` that performs ``n`` iterations (blocking until done)
+        and returns the seconds per iteration. Each is warmed up (compiled) beforehand.
+      rounds: number of rounds; in each, every runner runs ``reps`` iterations, one
+        runner after the other, so all of them see the same machine load.
+      reps: iterations per runner per round.
+      reference: the runner the ratios are taken against.
+
+    Returns:
+      ``{name: {"seconds": [per round], "median_s": ..., "ratio_median": median over
+      rounds of seconds / reference seconds, "ratio_min", "ratio_max"}}``.
+    """
+    times = {k: [] for k in runners}
+    order = list(runners)
+    for r in range(rounds):
+        # Alternate the order so no runner always follows the same one.
+        seq = order if r % 2 == 0 else order[::-1]
+        for name in seq:
+            times[name].append(runners[name](reps))
+        if log is not None:
+            log(f"  round {r + 1}/{rounds}: " + "  ".join(f"{k} {1e3 * times[k][-1]:.1f} ms" for k in order))
+    out = {}
+    for name in order:
+        ratios = [a / b for a, b in zip(times[name], times[reference])]
+        out[name] = {
+            "seconds": times[name],
+            "median_s": statistics.median(times[name]),
+            "ratio_median": statistics.median(ratios),
+            "ratio_min": min(ratios),
+            "ratio_max": max(ratios),
+        }
+    return out
+
+
+def timer(fn: Callable[[], object], block: Callable[[object], object]) -> Callable[[int], float]:
+    """``run(n)``: call ``fn`` ``n`` times, ``block`` on the last result, seconds per call."""
+
+    def run(n: int) -> float:
+        t0 = time.perf_counter()
+        out = None
+        for _ in range(n):
+            out = fn()
+        block(out)
+        return (time.perf_counter() - t0) / n
+
+    return run
