@@ -57,7 +57,7 @@ import optax  # noqa: E402
 
 import jaxrnn as jr  # noqa: E402
 
-SHAKESPEARE = "/work/shared/corpora/shakespeare.txt"
+SHAKESPEARE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "shared", "corpora", "shakespeare.txt")
 
 
 def machine_header() -> dict:
