@@ -509,7 +509,8 @@ def _sub_chunk(k: int) -> int:
     """Length of the pieces a block of ``k`` steps is differentiated in."""
     if k <= 2 * DEFAULT_CHUNK:
         return k
-    return max(d for d in range(1, DEFAULT_CHUNK + 1) if k % d == 0)
+    best = max(d for d in range(1, DEFAULT_CHUNK + 1) if k % d == 0)
+    return best if 2 * best >= DEFAULT_CHUNK else k  # no good divisor: the block at once
 
 
 def _tangent(ops: _Ops, cfg, params, xs, mask, saved, starts, dparams, dxs, dcarry0):
@@ -609,14 +610,16 @@ def chunk_length(steps: int, remat: Any = None, chunk: int | None = None) -> int
     For ``remat`` None or ``"step"``: ``steps`` itself when ``steps <= chunk``, else the
     largest divisor of ``steps`` not above ``chunk`` if it is at least ``chunk / 2``,
     else ``chunk`` (the sequence is then padded with masked steps). For an int block
-    length it is that int; for ``"sqrt"`` it is ``ceil(sqrt(steps))``.
+    length it is that int (at most ``steps``); for ``"sqrt"`` it is the divisor of
+    ``steps`` nearest ``sqrt(steps)`` (in ratio) if one lies within a factor 2 of it,
+    else ``ceil(sqrt(steps))``.
     """
     if remat == "sqrt":
         root = max(1, int(math.ceil(math.sqrt(max(steps, 1)))))
         near = [d for d in range((root + 1) // 2, 2 * root + 1) if steps % d == 0]
         return min(near, key=lambda d: abs(math.log(d / math.sqrt(steps)))) if near else root
     if isinstance(remat, int) and not isinstance(remat, bool):
-        return remat
+        return max(1, min(remat, steps))
     chunk = DEFAULT_CHUNK if chunk is None else chunk
     if steps <= chunk:
         return max(steps, 1)

@@ -229,6 +229,7 @@ def test_chunk_lengths():
         k = fused.chunk_length(steps, "sqrt")
         assert np.sqrt(steps) / 2 <= k <= 2 * np.sqrt(steps)
     assert fused.chunk_length(100, 7) == 7
+    assert fused.chunk_length(5, 7) == 5  # a block longer than the sequence is the sequence
 
 
 # --------------------------------------------------------------------------- memory
