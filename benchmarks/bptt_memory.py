@@ -274,11 +274,13 @@ def plot(rows, tbptt, lengths, floor, path, B, I, H):
             pts = [(r["L"], r["total"]) for r in rows if r["loss"] == loss_kind and r["variant"] == variant]
             ax.plot(*zip(*pts), marker="o", label=variant)
         seg = [r for r in tbptt if r["loss"] == loss_kind and r["kind"] == "segment"]
-        for r in seg:
-            ax.plot([lengths[0], lengths[-1]], [r["total"]] * 2, linestyle="--", label=f"TBPTT T={r['T']} (any L)")
+        for r, color in zip(seg, ("C5", "C6", "C8", "C9")):
+            ax.plot([lengths[0], lengths[-1]], [r["total"]] * 2, linestyle="--", color=color,
+                    label=f"TBPTT segment T={r['T']} (any L)")
         ep = [(r["L"], r["total"]) for r in tbptt if r["loss"] == loss_kind and r["kind"] == "epoch"]
         if ep:
-            ax.plot(*zip(*ep), marker="x", linestyle=":", color="gray", label=f"TBPTT epoch T={EPOCH_SEGMENT} (incl. stream)")
+            ax.plot(*zip(*ep), marker="x", linestyle=":", color="C6",
+                    label=f"TBPTT epoch T={EPOCH_SEGMENT}, whole stream (input grows)")
         ax.plot(lengths, [floor * L for L in lengths], color="black", linewidth=0.8, label="floor: h, c per step")
         ax.set_xscale("log", base=2)
         ax.set_yscale("log")

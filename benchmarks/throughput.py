@@ -59,6 +59,11 @@ def parse_args(argv=None):
     p.add_argument("--no-flax", action="store_true", help="skip Flax")
     p.add_argument("--no-plain", action="store_true", help="skip the generic-path jaxrnn")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: cores available)")
+    p.add_argument("--wait-idle", type=float, default=None,
+                   help="before each case, wait until other processes use at most this many cores (measured "
+                        "over 3 s from /proc/stat while this one sleeps); PyTorch's threads slow down "
+                        "many-fold when other processes compete for the cores")
+    p.add_argument("--wait-max", type=float, default=1800, help="longest wait per case, seconds (default 1800)")
     p.add_argument("--out", default=RESULTS, help="output folder (default benchmarks/results)")
     return p.parse_args(argv)
 
@@ -202,6 +207,7 @@ def main(argv=None):
             if kind != "lstm" and shape_name != "base" and args.quick:
                 continue
             x, y = make_data(shape)
+            waited = wait_for_idle(args.wait_idle, args.wait_max)
             print(f"{kind} {shape_name} {shape}: compiling...")
             runners = {"jaxrnn": jaxrnn_runner(kind, shape, x, y, unroll=args.unroll)}
             if not args.no_plain:
@@ -211,9 +217,12 @@ def main(argv=None):
             runners["torch"] = torch_runner(kind, shape, x, y)
             # About half a second per competitor per round.
             reps = args.reps or max(1, int(round(0.5 / max(runners["torch"](1), 1e-3))))
+            load_before = os.getloadavg()[0]
             res = interleaved(runners, rounds=rounds, reps=reps, reference="torch")
             tokens = shape["B"] * shape["L"]
-            row = {"cell": kind, "shape": shape_name, **shape, "reps": reps, "rounds": rounds, "results": {}}
+            row = {"cell": kind, "shape": shape_name, **shape, "reps": reps, "rounds": rounds, "results": {},
+                   "load_1min_before_after": [round(load_before, 2), round(os.getloadavg()[0], 2)],
+                   "waited_s": waited}
             for name, r in res.items():
                 row["results"][name] = {**r, "tokens_per_s": tokens / r["median_s"]}
             row["ratio_jaxrnn_to_flax"] = _median_ratio(res["jaxrnn"]["seconds"], res["flax"]["seconds"]) if "flax" in res else None
@@ -245,6 +254,9 @@ def main(argv=None):
                + " | ".join(ms(n) for n in names)
                + f" | {r['jaxrnn']['tokens_per_s']:,.0f} | {r['torch']['tokens_per_s']:,.0f} | **{ratio('jaxrnn')}** | {jf} | "
                + f"{ratio('jaxrnn-plain')} | {ratio('flax')} |\n")
+    md += ("\n1-minute load average before / after each case: "
+           + "; ".join(f"{row['cell']} {row['shape']}: {row['load_1min_before_after'][0]} / "
+                       f"{row['load_1min_before_after'][1]}" for row in results) + ".\n")
     md += ("\nPer-round ratios (min-max) for jaxrnn / torch: "
            + "; ".join(f"{row['cell']} {row['shape']}: {row['results']['jaxrnn']['ratio_min']:.3f}-"
                        f"{row['results']['jaxrnn']['ratio_max']:.3f}" for row in results) + ".\n")
@@ -252,6 +264,34 @@ def main(argv=None):
     md_path, _ = write_results(name, md, {"machine": info, "command": command_line(), "unroll": args.unroll,
                                           "torch_threads": threads, "results": results}, args.out)
     print(f"wrote {md_path}")
+
+
+def busy_cores(window=3.0):
+    """Cores kept busy by the whole machine over ``window`` seconds (this process sleeps)."""
+    import time
+
+    def snap():
+        with open("/proc/stat") as f:
+            v = [int(x) for x in f.readline().split()[1:]]
+        return sum(v), v[3] + v[4]  # total, idle + iowait
+
+    t0, i0 = snap()
+    time.sleep(window)
+    t1, i1 = snap()
+    total = max(t1 - t0, 1)
+    return (1 - (i1 - i0) / total) * (os.cpu_count() or 1)
+
+
+def wait_for_idle(limit, max_wait):
+    """Sleep until other processes keep at most ``limit`` cores busy; seconds waited."""
+    import time
+
+    if limit is None:
+        return 0.0
+    t0 = time.time()
+    while busy_cores() > limit and time.time() - t0 < max_wait:
+        time.sleep(5)
+    return round(time.time() - t0, 1)
 
 
 def _median_ratio(a, b):

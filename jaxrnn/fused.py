@@ -393,7 +393,9 @@ def _forward_inplace(ops: _Ops, params, xs, mask, carry, k: int, unroll: int):
     buffer, and the loop overwrites step ``t`` of that buffer with the step's gates (for
     the GRU ``[r, z, n]``; its ``a = h W_hn + b_hn`` goes to a side buffer), so the
     gates kept for the backward pass take no memory beyond the projection's and no
-    zero-filled output buffers or per-chunk copies are needed. Also records the carry at
+    zero-filled output buffers or per-chunk copies are needed. The outputs ``h_t`` are
+    written batch-major, ``hs: (B, T, H)``, the layout ``jr.unroll`` returns, so no
+    transposed copy of them is made. Also records the carry at
     the start of every chunk of ``k`` steps. Returns ``(carry, hs, acts, starts)``.
     """
     t_len, b = xs.shape[:2]
@@ -401,7 +403,7 @@ def _forward_inplace(ops: _Ops, params, xs, mask, carry, k: int, unroll: int):
     w_h, b_hn = params["w_h"], params.get("b_hn")
     buf = _mm(xs, params["w_x"])  # the bias is added in the loop: no second (T, B, GH) buffer
     bias = params["b"]
-    hs = jnp.zeros((t_len,) + carry[0].shape, carry[0].dtype)
+    hs = jnp.zeros((b, t_len) + carry[0].shape[1:], carry[0].dtype)
     starts = tuple(jnp.zeros((n,) + c.shape, c.dtype) for c in carry)
     x0 = jnp.zeros(buf.shape[1:], buf.dtype)
     side = [jnp.zeros((t_len,) + a.shape, a.dtype) for a in jax.eval_shape(
@@ -417,8 +419,8 @@ def _forward_inplace(ops: _Ops, params, xs, mask, carry, k: int, unroll: int):
             new, acts = ops.step(w_h, b_hn, c, lax.dynamic_index_in_dim(bufs[0], t, keepdims=False) + bias)
             if mask is not None:
                 new = _select(lax.dynamic_index_in_dim(mask, t, keepdims=False), new, c)
-            vals = jax.tree_util.tree_leaves(acts) + [new[0]]
-            return new, [lax.dynamic_update_index_in_dim(u, v, t, 0) for u, v in zip(bufs, vals)]
+            out = [lax.dynamic_update_index_in_dim(u, v, t, 0) for u, v in zip(bufs[:-1], jax.tree_util.tree_leaves(acts))]
+            return new, out + [lax.dynamic_update_slice_in_dim(bufs[-1], new[0][:, None], t, axis=1)]
 
         c, bufs = lax.fori_loop(0, k, inner, (c, bufs), unroll=unroll)
         return c, bufs, starts
@@ -479,7 +481,8 @@ def _tangent_chunks(ops: _Ops, params, dparams, get, inputs, dc0, unroll: int):
     inputs: per chunk ``(ref, mask, dx, start)``; ``get(ref)`` gives the chunk's
     ``(k, B, I)`` inputs and ``(carries, acts)``: ``carries`` is ``(hs,)`` or the whole
     carry, ``acts`` the gates or None to recompute them as one product per chunk.
-    Missing carry parts are rebuilt from the gates (``ops.recover``).
+    Missing carry parts are rebuilt from the gates (``ops.recover``). Returns the final
+    tangent carry and the outputs' tangents stacked ``(n, k, B, H)``.
     """
     w_x, w_h, bias, b_hn = params["w_x"], params["w_h"], params["b"], params.get("b_hn")
     w_hT = w_h.T  # materialised once, so the backward step's product is a plain one
@@ -514,7 +517,10 @@ def _sub_chunk(k: int) -> int:
 
 
 def _tangent(ops: _Ops, cfg, params, xs, mask, saved, starts, dparams, dxs, dcarry0):
-    """The JVP's tangent. Returns ``(dcarry_T, dhs)``."""
+    """The JVP's tangent. Returns ``(dcarry_T, dhs)`` with ``dhs`` time-major ``(T, B, H)``.
+
+    ``saved = ((hs,), acts, hs_batch_major)`` (None for blocks).
+    """
     k, unroll, save = cfg
     t, b = xs.shape[:2]
     hs = params["w_h"].shape[0]
@@ -527,9 +533,10 @@ def _tangent(ops: _Ops, cfg, params, xs, mask, saved, starts, dparams, dxs, dcar
         # (XLA fuses the slices into their consumers: no per-chunk copies).
         def get(j):
             piece = lambda a: lax.dynamic_slice_in_dim(a, j * k, k, axis=0)  # noqa: E731
-            carries, acts = saved
+            (h_all,), acts, h_bm = saved
             acts = None if acts is None else jax.tree_util.tree_map(piece, acts)
-            return _chunk_input(xs_bm, j, k=k), (tuple(map(piece, carries)), acts)
+            h_k = _chunk_input(h_all, j, k=k) if h_bm else piece(h_all)
+            return _chunk_input(xs_bm, j, k=k), ((h_k,), acts)
 
         dcarry, dhs = _tangent_chunks(ops, params, dparams, get, (idx, m_k, dxs_k, starts), dc0, unroll)
         return dcarry, dhs.reshape((t, b, hs))
@@ -571,12 +578,13 @@ def _recurrence_jvp(kind: str, cfg, primals, tangents):
     k, unroll, save = cfg
     flat = lambda a: a.reshape(xs.shape[:1] + a.shape[2:])  # noqa: E731  (n, K, ...) -> (T, ...)
     if save == "acts" and ops.inplace:
-        carry, hs, acts, starts = _forward_inplace(ops, params, xs, mask, carry0, k, unroll)
+        carry, hs_bm, acts, starts = _forward_inplace(ops, params, xs, mask, carry0, k, unroll)
+        hs, saved = jnp.swapaxes(hs_bm, 0, 1), ((hs_bm,), acts, True)
     else:
         keep = "acts" if save == "acts" else "h"
         carry, (out, starts) = _forward(ops, params, xs, mask, carry0, k, unroll, keep)
         hs, acts = (flat(out[0]), jax.tree_util.tree_map(flat, out[1])) if keep == "acts" else (flat(out), None)
-    saved = None if save == "block" else ((hs,), acts)
+        saved = None if save == "block" else ((hs,), acts, False)
     dcarry, dhs = _tangent(ops, cfg, params, xs, mask, saved, starts, dparams, dxs, dcarry0)
     return (carry, hs), (dcarry, dhs)
 
