@@ -117,14 +117,14 @@ class _Ops(NamedTuple):
     tangent(w_hT, coef_t, dcarry, dxp_t, dhx_t) -> dcarry'  the (linear) tangent step;
       ``w_hT = W_h^T`` and the step computes ``dh W_h`` as :func:`_rec`
     recover(acts, start, hs, mask) -> carries of a chunk from its outputs ``hs`` and gates
-
-    The tangent step is kept to one product ``dh W_h`` and a few full-row multiplies by
-    coefficients computed beforehand for the whole chunk (vectorised over ``K B``
-    rows), so that the per-step work of the transposed (backward) loop is minimal.
     n_carry: 1 or 2
     split_rec: the recurrent tangent ``dhx`` is kept apart from ``dxp`` (GRU)
     inplace: the first part of ``acts`` is as wide as ``x W_x`` (LSTM, GRU), see
       :func:`_forward_inplace`
+
+    The tangent step is kept to one product ``dh W_h`` and a few full-row multiplies by
+    coefficients computed beforehand for the whole chunk (vectorised over ``K B``
+    rows), so that the per-step work of the transposed (backward) loop is minimal.
     """
 
     step: Callable
@@ -395,8 +395,8 @@ def _forward_inplace(ops: _Ops, params, xs, mask, carry, k: int, unroll: int):
     gates kept for the backward pass take no memory beyond the projection's and no
     zero-filled output buffers or per-chunk copies are needed. The outputs ``h_t`` are
     written batch-major, ``hs: (B, T, H)``, the layout ``jr.unroll`` returns, so no
-    transposed copy of them is made. Also records the carry at
-    the start of every chunk of ``k`` steps. Returns ``(carry, hs, acts, starts)``.
+    transposed copy of them is made. Also records the carry at the start of every chunk
+    of ``k`` steps. Returns ``(carry, hs, acts, starts)``.
     """
     t_len, b = xs.shape[:2]
     n = t_len // k
