@@ -69,6 +69,8 @@ def machine_info() -> dict:
         "devices": [str(d) for d in jax.devices()],
         "XLA_FLAGS": os.environ.get("XLA_FLAGS", ""),
     }
+    info["versions"] = {"python": info["python"], **{m: _version(m) or "not installed"
+                                                     for m in ("jax", "jaxlib", "optax", "torch", "numpy")}}
     try:
         import torch
 

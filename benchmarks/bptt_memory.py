@@ -142,7 +142,6 @@ def main(argv=None):
     args = parse_args(argv)
     import jax
     import jax.numpy as jnp
-    import numpy as np
 
     import jaxrnn as jr
     from jaxrnn import fused

@@ -36,11 +36,9 @@ Writes to ``--out`` (default ``benchmarks/results``), with ``NAME`` = ``--name``
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import math
 import os
-import platform
 import shutil
 import statistics
 import subprocess
@@ -49,30 +47,13 @@ import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
+sys.path.insert(0, HERE)
+
+from _common import machine_info  # noqa: E402
 DEFAULT_CORPUS = os.path.join(ROOT, "..", "shared", "corpora", "shakespeare.txt")
 
 
 # --------------------------------------------------------------------------- helpers
-
-
-def machine() -> dict:
-    cpu = "unknown CPU"
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    versions = {"python": platform.python_version()}
-    for mod in ("jax", "jaxlib", "optax", "torch", "numpy"):
-        try:
-            versions[mod] = __import__(mod).__version__
-        except ImportError:
-            versions[mod] = "not installed"
-    return {"cpu": cpu, "cores": os.cpu_count(), "platform": platform.platform(), "versions": versions,
-            "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds")}
 
 
 def load() -> float:
@@ -244,7 +225,7 @@ def report(out: str, name: str, s: dict, info: dict) -> dict:
             checks["tokens_per_s_ratio_interleaved_median_1thread"] = med["jax_1thread"] / med["torch_1thread"]
             checks["best_jax_over_best_torch"] = max(med["jax"], med["jax_1thread"]) / max(med["torch"],
                                                                                             med["torch_1thread"])
-    summary = {"machine": info.get("machine") or machine(), "settings": s, "runs": {
+    summary = {"machine": info.get("machine") or machine_info(), "settings": s, "runs": {
         fw: {k: m.get(k) for k in ("val_loss", "val_bpc", "val_perplexity", "test_loss", "test_bpc", "test_perplexity",
                                    "steps", "tokens", "tokens_per_s", "tokens_per_s_after_first_step", "train_seconds",
                                    "first_step_seconds", "eval_seconds", "wall_seconds", "parameters", "versions")}
@@ -389,7 +370,7 @@ def main(argv=None) -> int:
             info = json.load(f)
     info.setdefault("process", {})
     if args.only != "report" or "machine" not in info:
-        info["machine"] = machine()
+        info["machine"] = machine_info()
 
     parts = [args.only] if args.only else ["jax", "torch"] + (["speed"] if args.speed_rounds else []) + ["report"]
     for part in parts:

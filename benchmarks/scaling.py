@@ -42,9 +42,7 @@ if _FLAG not in os.environ.get("XLA_FLAGS", ""):
     os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + f" {_FLAG}=8").strip()
 
 import argparse  # noqa: E402
-import datetime  # noqa: E402
 import json  # noqa: E402
-import platform  # noqa: E402
 import statistics  # noqa: E402
 import time  # noqa: E402
 
@@ -56,48 +54,9 @@ import jax  # noqa: E402
 import optax  # noqa: E402
 
 import jaxrnn as jr  # noqa: E402
+from _common import machine_info  # noqa: E402
 
 SHAKESPEARE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "shared", "corpora", "shakespeare.txt")
-
-
-def machine_header() -> dict:
-    cpu = "unknown CPU"
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    versions = {"python": platform.python_version(), "jax": jax.__version__, "optax": optax.__version__}
-    try:
-        import jaxlib
-
-        versions["jaxlib"] = jaxlib.__version__
-    except ImportError:  # pragma: no cover
-        pass
-    try:
-        import torch
-
-        versions["torch"] = torch.__version__
-    except ImportError:
-        versions["torch"] = "not installed"
-    try:
-        load = os.getloadavg()
-    except OSError:  # pragma: no cover
-        load = None
-    return {
-        "cpu": cpu,
-        "cores": os.cpu_count(),
-        "load_average_at_start": load,
-        "platform": platform.platform(),
-        "backend": jax.default_backend(),
-        "devices": [str(d) for d in jax.devices()],
-        "xla_flags": os.environ.get("XLA_FLAGS", ""),
-        "versions": versions,
-        "date": datetime.datetime.now().isoformat(timespec="seconds"),
-    }
 
 
 def load_tokens(path: str | None, limit: int) -> tuple[np.ndarray, int, str]:
@@ -167,7 +126,7 @@ def main(argv=None) -> int:
         hidden, embed, seq_len, batch, per_device, steps, repeats = 256, 64, 64, 64, 8, 10, 5
     counts = [int(c) for c in args.devices.split(",")]
     counts = [c for c in counts if c <= jax.device_count()]
-    header = machine_header()
+    header = machine_info()
     tokens, vocab, source = load_tokens(args.corpus, 400_000)
     model = jr.lm.language_model(vocab, cell="lstm", hidden=hidden, embed=embed)
     config = {"cell": "lstm", "hidden": hidden, "embed": embed, "vocab": vocab, "seq_len": seq_len,
@@ -208,9 +167,9 @@ def render(header: dict, config: dict, results: dict) -> str:
     lines = [
         "# Data-parallel TBPTT throughput vs device count",
         "",
-        f"- machine: {header['cpu']}, {header['cores']} cores, backend `{header['backend']}` "
-        f"with {len(header['devices'])} devices (`XLA_FLAGS={header['xla_flags']}`)",
-        f"- load average at start / end: {header['load_average_at_start']} / {header['load_average_at_end']} "
+        f"- machine: {header['cpu']}, {header['cores']} cores, backend `{header['jax_backend']}` "
+        f"with {len(header['devices'])} devices (`XLA_FLAGS={header['XLA_FLAGS']}`)",
+        f"- load average at start / end: {header['load_average_1_5_15']} / {header['load_average_at_end']} "
         "(the machine was shared with other jobs)",
         f"- python {v['python']}, jax {v['jax']}, jaxlib {v.get('jaxlib')}, optax {v['optax']}, torch {v['torch']}",
         f"- date: {header['date']}",
@@ -221,7 +180,7 @@ def render(header: dict, config: dict, results: dict) -> str:
         "`jr.tbptt.make_step(loss_fn, tx, mesh=jr.parallel.data_mesh(n))`",
         "",
     ]
-    if header["backend"] == "cpu":
+    if header["jax_backend"] == "cpu":
         lines += [
             "**Read this as overhead, not speed-up.** The devices are CPU devices forced by "
             "`--xla_force_host_platform_device_count`; they share the same "

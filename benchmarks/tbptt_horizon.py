@@ -28,11 +28,9 @@ Writes ``tbptt_horizon.{md,json,png}`` to ``--out`` (default ``benchmarks/result
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import math
 import os
-import platform
 import sys
 import time
 
@@ -45,40 +43,7 @@ import jax.numpy as jnp  # noqa: E402
 import optax  # noqa: E402
 
 import jaxrnn as jr  # noqa: E402
-
-
-def machine_header() -> dict:
-    cpu = "unknown CPU"
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    versions = {"python": platform.python_version(), "jax": jax.__version__, "optax": optax.__version__}
-    try:
-        import jaxlib
-
-        versions["jaxlib"] = jaxlib.__version__
-    except ImportError:
-        pass
-    try:
-        import torch
-
-        versions["torch"] = torch.__version__
-    except ImportError:
-        versions["torch"] = "not installed"
-    return {
-        "cpu": cpu,
-        "cores": os.cpu_count(),
-        "platform": platform.platform(),
-        "backend": jax.default_backend(),
-        "versions": versions,
-        "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
-        "load_average_1min_at_start": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
-    }
+from _common import machine_info  # noqa: E402
 
 
 def make_model(kind: str, hidden: int, num_symbols: int):
@@ -194,7 +159,7 @@ def main(argv=None):
 
     from tqdm import tqdm
 
-    header = machine_header()
+    header = machine_info()
     ev = jr.tasks.delayed_recall(jax.random.key(12345), 256, args.eval_len, k, args.symbols)
     eval_batch = (ev.inputs, ev.targets)
     runs = []
@@ -274,10 +239,10 @@ def main(argv=None):
     lines = [
         f"# TBPTT horizon: delayed recall with lag k = {k}",
         "",
-        f"Machine: {header['cpu']}, {header['cores']} cores ({header['backend']}); python {v['python']}, "
+        f"Machine: {header['cpu']}, {header['cores']} cores ({header['jax_backend']}); python {v['python']}, "
         f"jax {v['jax']}, jaxlib {v.get('jaxlib', '?')}, optax {v['optax']}, torch {v['torch']}; {header['date']}.",
         f"Command: `python benchmarks/tbptt_horizon.py{' --quick' if args.quick else ''}`; wall time {wall:.0f} s "
-        f"(1-min load average at start: {header['load_average_1min_at_start']:.1f}; timings are indicative only "
+        f"(1-min load average at start: {header['load_average_1_5_15'][0]:.1f}; timings are indicative only "
         "when the machine is shared).",
         "",
         f"Model: {args.cell.upper()} (H={args.hidden}) + affine head, {args.symbols} symbols one-hot "

@@ -366,7 +366,10 @@ def unroll(
         with the inputs (``ys[:, t]`` belongs to ``xs[:, t]``), and the final carry is the
         state after reading step 0.
       time_major: ``xs`` and ``ys`` are ``(time, batch, features)``.
-      unroll: passed to ``lax.scan``: how many steps each loop iteration runs.
+      unroll: passed to ``lax.scan``: how many steps each loop iteration runs. The
+        built-in cells' fast path (:mod:`jaxrnn.fused`) already unrolls its forward
+        chunks and runs its backward loop at least two steps per iteration; there it sets
+        the backward loop's unroll when larger.
       remat: what the backward pass keeps. ``None`` keeps each step's intermediates;
         ``"step"`` keeps only each step's carry and recomputes the rest; an int ``k``
         keeps one carry every ``k`` steps and recomputes each block of ``k``; ``"sqrt"``
