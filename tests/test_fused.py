@@ -106,10 +106,13 @@ def test_remat_modes_match_plain_path_float64(kind, remat, plain_results):
 
 
 def test_long_blocks_and_exact_chunks_match_plain_path(monkeypatch):
-    """T=80: default chunks divide T exactly; remat=40 runs each block in pieces."""
+    """T=80: default chunks divide T exactly; remat=40 runs each block in pieces of 8
+    unrolled steps; remat=41 (prime, longer than fused.STATIC_STEPS) runs each block at
+    once as a lax.scan."""
+    assert 41 > fused.STATIC_STEPS
     cell, params, carry, xs, lengths = setup("lstm", 80, jnp.float64, batch=2, seed=1)
     want = plain(monkeypatch, run, cell, params, xs, carry, lengths=lengths)
-    for remat in (None, 40):
+    for remat in (None, 40, 41):
         got = run(cell, params, xs, carry, lengths=lengths, remat=remat)
         assert_trees_close(got, want, rtol=1e-10, atol=1e-12)
 
