@@ -28,7 +28,7 @@ Example::
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, Callable
 
 import jax
 import numpy as np
@@ -202,15 +202,7 @@ class OffsetBatches(Iterator):
         """The next ``num_segments`` segments stacked: ``(S, B, T, ...)`` each, for
         :func:`jaxrnn.tbptt.make_epoch`. Raises ``ValueError`` if fewer full segments are
         left (nothing is consumed then)."""
-        num_segments = _positive_int("num_segments", num_segments)
-        if self.end is not None and self.end - self.position < num_segments * self.seq_len:
-            raise ValueError(
-                f"num_segments={num_segments} full segments of {self.seq_len} steps are not left: "
-                f"{max(self.end - self.position, 0)} steps remain before the end of epoch {self.epochs}"
-            )
-        xs, ys = zip(*(self.segment(self.position + i * self.seq_len) for i in range(num_segments)))
-        self.position += num_segments * self.seq_len
-        return np.stack(xs), np.stack(ys)
+        return take_segments(self, self.segment, num_segments)
 
     # -- save / restore
 
@@ -245,6 +237,23 @@ class OffsetBatches(Iterator):
             f"OffsetBatches(num_steps={self.num_steps}, batch_size={self.batch_size}, seq_len={self.seq_len}, "
             f"position={self.position}, epochs={self.epochs})"
         )
+
+
+def take_segments(batches: OffsetBatches, segment: Callable[[int], tuple], num_segments: int):
+    """The next ``num_segments`` segments of ``batches``, each read by ``segment(position)``,
+    stacked ``(S, ...)``; advances ``batches.position``. Raises ``ValueError`` (consuming
+    nothing) if fewer full segments are left. Shared by :meth:`OffsetBatches.take` and
+    the per-process reader of :mod:`jaxrnn.parallel`."""
+    num_segments = _positive_int("num_segments", num_segments)
+    b = batches
+    if b.end is not None and b.end - b.position < num_segments * b.seq_len:
+        raise ValueError(
+            f"num_segments={num_segments} full segments of {b.seq_len} steps are not left: "
+            f"{max(b.end - b.position, 0)} steps remain before the end of epoch {b.epochs}"
+        )
+    xs, ys = zip(*(segment(b.position + i * b.seq_len) for i in range(num_segments)))
+    b.position += num_segments * b.seq_len
+    return np.stack(xs), np.stack(ys)
 
 
 def offset_batches(

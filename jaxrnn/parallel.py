@@ -72,7 +72,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from jaxrnn._checks import shape_str
-from jaxrnn.data import OffsetBatches, offset_batches
+from jaxrnn.data import OffsetBatches, offset_batches, take_segments
 
 __all__ = [
     "data_mesh", "batch_sharding", "replicated", "shard_batch", "replicate", "state_shardings", "shard_state",
@@ -491,17 +491,7 @@ class ProcessBatches(Iterator):
 
     def take(self, num_segments: int) -> tuple[np.ndarray, np.ndarray]:
         """The next ``num_segments`` segments of this process's rows, ``(S, B/P, T, ...)``."""
-        b = self.batches
-        if isinstance(num_segments, bool) or not isinstance(num_segments, (int, np.integer)) or num_segments < 1:
-            raise ValueError(f"num_segments must be a positive int, got {num_segments!r}")
-        if b.end is not None and b.end - b.position < num_segments * b.seq_len:
-            raise ValueError(
-                f"num_segments={num_segments} full segments of {b.seq_len} steps are not left: "
-                f"{max(b.end - b.position, 0)} steps remain before the end of epoch {b.epochs}"
-            )
-        xs, ys = zip(*(self.segment(b.position + i * b.seq_len) for i in range(num_segments)))
-        b.position += num_segments * b.seq_len
-        return np.stack(xs), np.stack(ys)
+        return take_segments(self.batches, self.segment, num_segments)
 
     def __len__(self) -> int:
         return len(self.batches)
