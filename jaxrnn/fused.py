@@ -126,7 +126,9 @@ def _mm_dw(a: Array, dw: Array) -> Array:
     ``a @ dw`` that product reads ``a`` transposed, which XLA:CPU's fast (YNNPACK) dot
     does not take: it falls back to a slower generic dot (about 110 against 170 GF/s on
     the weight gradient of a chunk). So ``a`` is transposed here, once, and the product
-    contracts its first axis: the transposed product is then a plain ``aT @ ct``.
+    contracts its first axis: the transposed product is then a plain ``aT @ ct``. The
+    ``optimization_barrier`` keeps XLA's simplifier from folding the transpose back into
+    the product. Same values as :func:`_mm`.
     """
     a_t = lax.optimization_barrier(a.reshape(-1, a.shape[-1]).T)
     out = lax.dot_general(a_t, dw, (((0,), (0,)), ((), ())))
