@@ -465,8 +465,9 @@ def _forward_inplace(ops: _Ops, params, xs, mask, carry, k: int, unroll: int):
     hs = jnp.zeros((b, t_len) + carry[0].shape[1:], carry[0].dtype)
     starts = tuple(jnp.zeros((n,) + c.shape, c.dtype) for c in carry)
     x0 = jnp.zeros(buf.shape[1:], buf.dtype)
-    side = [jnp.zeros((t_len,) + a.shape, a.dtype) for a in jax.eval_shape(
-        lambda: jax.tree_util.tree_leaves(ops.step(w_h, b_hn, carry, x0)[1])[1:])]
+    # The gates' layout: the first leaf overwrites ``buf``, the others get side buffers.
+    acts_leaves, acts_def = jax.tree_util.tree_flatten(jax.eval_shape(lambda: ops.step(w_h, b_hn, carry, x0)[1]))
+    side = [jnp.zeros((t_len,) + a.shape, a.dtype) for a in acts_leaves[1:]]
 
     def outer(i, st):
         c, bufs, starts = st
@@ -486,7 +487,6 @@ def _forward_inplace(ops: _Ops, params, xs, mask, carry, k: int, unroll: int):
         return c, out + [lax.dynamic_update_slice_in_dim(bufs[-1], jnp.swapaxes(h_k, 0, 1), i * k, axis=1)], starts
 
     carry, bufs, starts = lax.fori_loop(0, n, outer, (carry, [buf] + side + [hs], starts))
-    acts_def = jax.tree_util.tree_structure(jax.eval_shape(lambda: ops.step(w_h, b_hn, carry, x0)[1]))
     return carry, bufs[-1], jax.tree_util.tree_unflatten(acts_def, bufs[:-1]), starts
 
 
