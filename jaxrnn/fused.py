@@ -59,11 +59,20 @@ recurrence is a :func:`jax.custom_jvp` function whose tangent is written by hand
 
 What bounds the speed on CPU: the per-step product ``h W_h`` (for ``B = 32, H = 256``
 an LSTM's ``32 x 256 @ 256 x 1024``) is about 200 us on one core, and XLA:CPU splits it
-over two cores with little gain; the two halves of a batch cannot be run as concurrent
-single-threaded programs either (two loops in one program, two CPU devices or two Python
-threads all ran one after the other on XLA 0.10.2). oneDNN's fused LSTM (PyTorch) takes
-about 130 us per step with two threads, so at small batches the LSTM stays about 1.1x
-PyTorch's time while GRU and Elman cells are faster (``benchmarks/results/throughput.md``).
+over two cores with little gain. oneDNN's fused LSTM (PyTorch) takes about 130 us per
+step with two threads, so at small batches the LSTM stays about 1.1x PyTorch's time
+while GRU and Elman cells are faster (``benchmarks/results/throughput.md``). Ways to use
+the second core that were measured on XLA 0.10.2 and not kept:
+
+* Two half-batch loops in one program, or on two CPU devices (``shard_map``), run one
+  after the other: XLA:CPU's thunk executor runs a sequence of at most 8 operations in
+  order, and in larger programs the two loops share temporary buffers (buffer
+  assignment follows one sequential schedule), which orders them.
+* Cutting the batch into two independent chains inside each loop body does overlap
+  them (the forward alone: 0.91x the time at B=32), but not in the gradient: 0.99-1.0x
+  with the forward cut, 1.08x with the backward loop cut too, 1.07x at B=256.
+* Cutting the product's columns in two (two ``32 x 256 @ 256 x 512`` products per
+  step): 0.98x; in four: 1.7x.
 
 Masked steps (``lengths``) keep the carry: ``carry_t = where(m_t, new_t, carry_{t-1})``
 and the same selection in the tangent. Sequences whose length is not a multiple of
