@@ -122,15 +122,21 @@ def interleaved(runners: dict[str, Callable[[int], float]], rounds: int, reps: i
 
     Returns:
       ``{name: {"seconds": [per round], "median_s": ..., "ratio_median": median over
-      rounds of seconds / reference seconds, "ratio_min", "ratio_max"}}``.
+      rounds of seconds / reference seconds, "ratio_min", "ratio_max", "cpu": per-step
+      process counters (see :func:`cpu_counters`), medians over rounds}}``.
     """
     times = {k: [] for k in runners}
+    counters = {k: [] for k in runners}
     order = list(runners)
     for r in range(rounds):
         # Alternate the order so no runner always follows the same one.
         seq = order if r % 2 == 0 else order[::-1]
         for name in seq:
+            before = cpu_counters()
             times[name].append(runners[name](reps))
+            after = cpu_counters()
+            if before is not None:
+                counters[name].append({k: (after[k] - before[k]) / reps for k in before})
         if log is not None:
             log(f"  round {r + 1}/{rounds}: " + "  ".join(f"{k} {1e3 * times[k][-1]:.1f} ms" for k in order))
     out = {}
@@ -142,8 +148,28 @@ def interleaved(runners: dict[str, Callable[[int], float]], rounds: int, reps: i
             "ratio_median": statistics.median(ratios),
             "ratio_min": min(ratios),
             "ratio_max": max(ratios),
+            "cpu": {k: statistics.median(c[k] for c in counters[name]) for k in counters[name][0]}
+            if counters[name] else None,
         }
     return out
+
+
+def cpu_counters() -> dict | None:
+    """This process's CPU counters (all threads): ``user_s`` and ``kernel_s`` (CPU
+    seconds in user and kernel mode) and ``minor_faults`` (pages the kernel mapped and
+    zero-filled on first touch); None where ``resource`` is missing (Windows).
+
+    The kernel time is mostly those page faults: a block that glibc's ``malloc`` serves
+    with its own ``mmap`` (above its threshold, at most 32 MiB) is returned to the kernel
+    when freed, so a program that allocates such blocks on every step touches fresh
+    pages on every step.
+    """
+    try:
+        import resource
+    except ImportError:  # pragma: no cover - not Unix
+        return None
+    u = resource.getrusage(resource.RUSAGE_SELF)
+    return {"user_s": u.ru_utime, "kernel_s": u.ru_stime, "minor_faults": float(u.ru_minflt)}
 
 
 def timer(fn: Callable[[], object], block: Callable[[object], object]) -> Callable[[int], float]:

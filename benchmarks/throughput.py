@@ -260,10 +260,33 @@ def main(argv=None):
     md += ("\nPer-round ratios (min-max) for jaxrnn / torch: "
            + "; ".join(f"{row['cell']} {row['shape']}: {row['results']['jaxrnn']['ratio_min']:.3f}-"
                        f"{row['results']['jaxrnn']['ratio_max']:.3f}" for row in results) + ".\n")
+    md += cpu_table(results, names)
     name = "throughput_quick" if args.quick else "throughput"
     md_path, _ = write_results(name, md, {"machine": info, "command": command_line(), "unroll": args.unroll,
                                           "torch_threads": threads, "results": results}, args.out)
     print(f"wrote {md_path}")
+
+
+def cpu_table(results, names) -> str:
+    """Markdown: per case and competitor, the cores kept busy, kernel time and page faults."""
+    rows = [(row, n, row["results"][n]) for row in results for n in names if n in row["results"]]
+    if not any(r.get("cpu") for _, _, r in rows):
+        return ""
+    md = ("\nWhere the time goes (this process, all threads, per step; medians over rounds): cores busy = "
+          "CPU seconds / wall seconds; kernel = CPU time in the kernel, mostly zero-filling freshly mapped "
+          "pages (minor page faults): glibc gives every block above its mmap threshold (at most 32 MiB) "
+          "its own mapping and returns it at free, so a step that allocates such blocks faults its pages in "
+          "again on every call, in PyTorch as in XLA.\n\n"
+          "| cell | shape | competitor | ms/step | cores busy | kernel ms/step | minor faults/step |\n"
+          "|---|---|---|---|---|---|---|\n")
+    for row, n, r in rows:
+        c = r.get("cpu")
+        if not c:
+            continue
+        busy = (c["user_s"] + c["kernel_s"]) / r["median_s"]
+        md += (f"| {row['cell']} | {row['shape']} | {n} | {1e3 * r['median_s']:.1f} | {busy:.2f} | "
+               f"{1e3 * c['kernel_s']:.1f} | {c['minor_faults']:,.0f} |\n")
+    return md
 
 
 def busy_cores(window=3.0):
