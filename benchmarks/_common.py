@@ -69,8 +69,10 @@ def machine_info() -> dict:
         "devices": [str(d) for d in jax.devices()],
         "XLA_FLAGS": os.environ.get("XLA_FLAGS", ""),
     }
-    info["versions"] = {"python": info["python"], **{m: _version(m) or "not installed"
-                                                     for m in ("jax", "jaxlib", "optax", "torch", "numpy")}}
+    # The same versions, as the nested dict the LM, scaling and horizon reports read.
+    info["versions"] = {"python": info["python"],
+                        **{m: info[m] or "not installed" for m in ("jax", "jaxlib", "optax", "torch")},
+                        "numpy": _version("numpy") or "not installed"}
     try:
         import torch
 
