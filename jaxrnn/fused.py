@@ -60,8 +60,9 @@ recurrence is a :func:`jax.custom_jvp` function whose tangent is written by hand
 What bounds the speed on CPU: the per-step product ``h W_h`` (for ``B = 32, H = 256``
 an LSTM's ``32 x 256 @ 256 x 1024``) is about 200 us on one core, and XLA:CPU splits it
 over two cores with little gain. oneDNN's fused LSTM (PyTorch) takes about 130 us per
-step with two threads, so at small batches the LSTM stays about 1.1x PyTorch's time
-while GRU and Elman cells are faster (``benchmarks/results/throughput.md``). Ways to use
+step with two threads, so the LSTM stays at 1.0-1.4x PyTorch's time (1.1-1.2x at the
+base shape, B=32, over the last two runs) while GRU and Elman cells are faster at B=32
+(``benchmarks/results/throughput.md``). Ways to use
 the second core that were measured on XLA 0.10.2 and not kept:
 
 * Two half-batch loops in one program, or on two CPU devices (``shard_map``), run one
