@@ -8,12 +8,18 @@ Runs, one after the other (never at the same time):
 3. optionally (``--speed-rounds R``) an interleaved throughput check: ``R`` rounds, each
    timing ``--speed-steps`` training steps (after 5 warm-up steps) of four variants in
    fresh processes, one after the other so that all see about the same machine load:
-   jaxrnn and PyTorch with their default threading, and each restricted to one thread
-   (``XLA_FLAGS=--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1``;
-   ``torch.set_num_threads(1)``). The median tokens/s of each is reported. On a machine
-   shared with other jobs, multi-threaded kernels can lose much more than one-thread
-   ones (a thread that waits at a barrier for a descheduled sibling), so the one-thread
-   variants tell the frameworks apart from the load.
+   jaxrnn and PyTorch with their default threading, and each pinned to one core (the
+   probe process sets its CPU affinity to a single CPU before it starts any framework,
+   so every thread it makes shares that core; PyTorch also gets
+   ``torch.set_num_threads(1)``). The median tokens/s of each is reported, with the
+   cores each variant kept busy (CPU seconds of all its threads / wall seconds). On a
+   machine shared with other jobs, multi-threaded kernels can lose much more than
+   one-core ones (a thread that waits at a barrier for a descheduled sibling), so the
+   one-core variants tell the frameworks apart from the load.
+
+   Pinning is what makes "one core" true: ``XLA_FLAGS=--xla_cpu_multi_thread_eigen=false``
+   (what this script used before 2026-11-22) leaves XLA:CPU 0.10.2's YNNPACK products
+   on two threads; the process still kept 1.8 cores busy.
 
 Default settings (the issue's): ``../shared/corpora/shakespeare.txt``, character level,
 LSTM hidden 256, embed 64, batch 32, seq-len 64, Adam 2e-3, clip 5, 1500 steps,
@@ -95,18 +101,35 @@ def settings_args(s: dict) -> list[str]:
 # --------------------------------------------------------------------------- speed probe
 
 
-VARIANTS = {  # name -> (framework, extra environment)
+VARIANTS = {  # name -> (framework, extra environment); "_1core": pinned to one CPU
     "jax": ("jax", {}),
     "torch": ("torch", {}),
-    "jax_1thread": ("jax", {"XLA_FLAGS": "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"}),
-    "torch_1thread": ("torch", {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}),
+    "jax_1core": ("jax", {}),
+    "torch_1core": ("torch", {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}),
 }
 
 
-def speed_probe(variant: str, s: dict, steps: int) -> float:
-    """Tokens/s over ``steps`` training steps after 5 warm-up steps (run in its own process)."""
+def _pin_to_one_cpu() -> None:
+    """Restrict this process to one CPU (before any framework starts its threads)."""
+    if not hasattr(os, "sched_setaffinity"):
+        raise SystemExit("the one-core variants need os.sched_setaffinity (Linux)")
+    os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})
+
+
+def speed_probe(variant: str, s: dict, steps: int) -> dict:
+    """``{"tokens_per_s", "cores_busy"}`` over ``steps`` training steps after 5 warm-up
+    steps (run in its own process); ``cores_busy`` = CPU seconds of all the process's
+    threads / wall seconds over the timed steps."""
+    import resource
+
     framework = VARIANTS[variant][0]
+    if variant.endswith("_1core"):
+        _pin_to_one_cpu()
     warm = 5
+
+    def cpu() -> float:
+        u = resource.getrusage(resource.RUSAGE_SELF)
+        return u.ru_utime + u.ru_stime
     if framework == "jax":
         import jax
         import optax
@@ -124,18 +147,18 @@ def speed_probe(variant: str, s: dict, steps: int) -> float:
         for _ in range(warm):
             state, m = step(state, *next(batches))
         jax.block_until_ready(m["loss"])
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), cpu()
         for _ in range(steps):
             state, m = step(state, *next(batches))
         jax.block_until_ready(m["loss"])
-        dt = time.perf_counter() - t0
+        dt, dc = time.perf_counter() - t0, cpu() - c0
     else:
         import torch
 
         sys.path.insert(0, HERE)
         import torch_lm_reference as ref
 
-        if variant.endswith("_1thread"):
+        if variant.endswith("_1core"):
             torch.set_num_threads(1)
         torch.manual_seed(s["seed"])
         train, _, _, chars = ref.read_corpus(s["corpus"])
@@ -159,11 +182,11 @@ def speed_probe(variant: str, s: dict, steps: int) -> float:
 
         for _ in range(warm):
             state = one(state)
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), cpu()
         for _ in range(steps):
             state = one(state)
-        dt = time.perf_counter() - t0
-    return steps * s["batch_size"] * s["seq_len"] / dt
+        dt, dc = time.perf_counter() - t0, cpu() - c0
+    return {"tokens_per_s": steps * s["batch_size"] * s["seq_len"] / dt, "cores_busy": dc / dt}
 
 
 # --------------------------------------------------------------------------- report
@@ -221,10 +244,12 @@ def report(out: str, name: str, s: dict, info: dict) -> dict:
         checks["interleaved_median_tokens_per_s"] = med
         checks["tokens_per_s_ratio_interleaved_median"] = med["jax"] / med["torch"]
         checks["jax_faster_interleaved"] = med["jax"] > med["torch"]
-        if "jax_1thread" in med and "torch_1thread" in med:
-            checks["tokens_per_s_ratio_interleaved_median_1thread"] = med["jax_1thread"] / med["torch_1thread"]
-            checks["best_jax_over_best_torch"] = max(med["jax"], med["jax_1thread"]) / max(med["torch"],
-                                                                                            med["torch_1thread"])
+        if "jax_1core" in med and "torch_1core" in med:
+            checks["tokens_per_s_ratio_interleaved_median_1core"] = med["jax_1core"] / med["torch_1core"]
+            checks["best_jax_over_best_torch"] = max(med["jax"], med["jax_1core"]) / max(med["torch"],
+                                                                                          med["torch_1core"])
+        busy = speed.get("cores_busy") or {}
+        checks["interleaved_median_cores_busy"] = {v: statistics.median(busy[v]) for v in VARIANTS if busy.get(v)}
     summary = {"machine": info.get("machine") or machine_info(), "settings": s, "runs": {
         fw: {k: m.get(k) for k in ("val_loss", "val_bpc", "val_perplexity", "test_loss", "test_bpc", "test_perplexity",
                                    "steps", "tokens", "tokens_per_s", "tokens_per_s_after_first_step", "train_seconds",
@@ -281,10 +306,16 @@ def report(out: str, name: str, s: dict, info: dict) -> dict:
     if speed:
         med = checks["interleaved_median_tokens_per_s"]
         lines.append(f"| interleaved throughput, default threads: median of {len(speed['jax'])} rounds x "
-                     f"{speed['steps']} steps (tokens/s) | {med['jax']:,.0f} | {med['torch']:,.0f} |")
-        if "jax_1thread" in med:
-            lines.append(f"| interleaved throughput, one thread each (tokens/s) | {med['jax_1thread']:,.0f} | "
-                         f"{med['torch_1thread']:,.0f} |")
+                     f"{speed['steps']} steps{', run ' + speed['date'] if speed.get('date') else ''} "
+                     f"(tokens/s) | {med['jax']:,.0f} | {med['torch']:,.0f} |")
+        if "jax_1core" in med:
+            lines.append(f"| interleaved throughput, each pinned to one core (tokens/s) | {med['jax_1core']:,.0f} | "
+                         f"{med['torch_1core']:,.0f} |")
+        busy = checks["interleaved_median_cores_busy"]
+        if busy:
+            lines.append("| cores kept busy (CPU s / wall s), default threads / pinned | " + " | ".join(
+                f"{busy.get(fw, float('nan')):.2f} / {busy.get(fw + '_1core', float('nan')):.2f}"
+                for fw in ("jax", "torch")) + " |")
     lines += [
         "",
         "Checks:",
@@ -297,9 +328,9 @@ def report(out: str, name: str, s: dict, info: dict) -> dict:
     if speed:
         lines.append(f"- Interleaved throughput, default threads: jaxrnn / PyTorch = "
                      f"{checks['tokens_per_s_ratio_interleaved_median']:.2f}.")
-        if "tokens_per_s_ratio_interleaved_median_1thread" in checks:
-            lines.append(f"- Interleaved throughput, one thread each: jaxrnn / PyTorch = "
-                         f"{checks['tokens_per_s_ratio_interleaved_median_1thread']:.2f}; the best jaxrnn variant over "
+        if "tokens_per_s_ratio_interleaved_median_1core" in checks:
+            lines.append(f"- Interleaved throughput, each pinned to one core: jaxrnn / PyTorch = "
+                         f"{checks['tokens_per_s_ratio_interleaved_median_1core']:.2f}; the best jaxrnn variant over "
                          f"the best PyTorch variant: {checks['best_jax_over_best_torch']:.2f}.")
         for v in VARIANTS:
             if speed.get(v):
@@ -344,7 +375,7 @@ def main(argv=None) -> int:
 
     if args.speed_probe:  # internal: one timing in a fresh process
         s = json.loads(args.settings)
-        print(json.dumps({"tokens_per_s": speed_probe(args.speed_probe, s, args.speed_steps)}))
+        print(json.dumps(speed_probe(args.speed_probe, s, args.speed_steps)))
         return 0
 
     name = args.name + ("_quick" if args.quick else "")
@@ -369,8 +400,8 @@ def main(argv=None) -> int:
         with open(info_path) as f:
             info = json.load(f)
     info.setdefault("process", {})
-    if args.only != "report" or "machine" not in info:
-        info["machine"] = machine_info()
+    if args.only not in ("report", "speed") or "machine" not in info:
+        info["machine"] = machine_info()  # the header describes the full runs
 
     parts = [args.only] if args.only else ["jax", "torch"] + (["speed"] if args.speed_rounds else []) + ["report"]
     for part in parts:
@@ -390,7 +421,8 @@ def main(argv=None) -> int:
                 if os.path.exists(os.path.join(run_dir, fname)):
                     shutil.copy(os.path.join(run_dir, fname), os.path.join(dest, fname))
         elif part == "speed":
-            rounds = {**{v: [] for v in VARIANTS}, "steps": args.speed_steps, "load_average_1min": []}
+            rounds = {**{v: [] for v in VARIANTS}, "steps": args.speed_steps, "load_average_1min": [],
+                      "cores_busy": {v: [] for v in VARIANTS}, "date": machine_info()["date"]}
             for r in range(args.speed_rounds):
                 for v, (_, extra) in VARIANTS.items():
                     out = subprocess.run([sys.executable, os.path.abspath(__file__), "--speed-probe", v,
@@ -398,10 +430,13 @@ def main(argv=None) -> int:
                                          capture_output=True, text=True, env={**env(), **extra}, cwd=ROOT)
                     if out.returncode != 0:
                         raise SystemExit(f"speed probe {v} failed:\n{out.stderr[-3000:]}")
-                    tps = json.loads(out.stdout.strip().splitlines()[-1])["tokens_per_s"]
+                    probe = json.loads(out.stdout.strip().splitlines()[-1])
+                    tps = probe["tokens_per_s"]
                     rounds[v].append(tps)
+                    rounds["cores_busy"][v].append(probe["cores_busy"])
                     rounds["load_average_1min"].append(load())
-                    print(f"speed round {r + 1}/{args.speed_rounds}: {v} {tps:,.0f} tokens/s (load {load():.1f})",
+                    print(f"speed round {r + 1}/{args.speed_rounds}: {v} {tps:,.0f} tokens/s, "
+                          f"{probe['cores_busy']:.2f} cores busy (load {load():.1f})",
                           flush=True)
             info["speed"] = rounds
         with open(info_path, "w") as f:

@@ -57,13 +57,19 @@ recurrence is a :func:`jax.custom_jvp` function whose tangent is written by hand
   ``"step"`` with a loss on the final state, against 6.1 for a plain ``lax.scan``
   (``benchmarks/results/bptt_memory.md``).
 
-What bounds the speed on CPU: the per-step product ``h W_h`` (for ``B = 32, H = 256``
-an LSTM's ``32 x 256 @ 256 x 1024``) is about 200 us on one core, and XLA:CPU splits it
-over two cores with little gain. oneDNN's fused LSTM (PyTorch) takes about 130 us per
-step with two threads, so the LSTM stays at 1.0-1.4x PyTorch's time (1.1-1.2x at the
-base shape, B=32, over the last two runs) while GRU and Elman cells are faster at B=32
-(``benchmarks/results/throughput.md``). Ways to use
-the second core that were measured on XLA 0.10.2 and not kept:
+What bounds the speed on CPU: the per-step products. For ``B = 32, H = 256`` an LSTM's
+``32 x 256 @ 256 x 1024`` takes about 120 us per step on the 2-core test machine, and
+XLA:CPU already spreads it over both cores (1.7-1.8 cores busy through the loop;
+``XLA_FLAGS=--xla_cpu_multi_thread_eigen=false`` does not change that, only pinning the
+process to one CPU does). PyTorch's oneDNN LSTM is at par with this forward pass but
+faster in the backward one (at B=32, T=64, I=64: about 18 against 26 ms in one
+interleaved measurement on 2026-11-22), which keeps the LSTM at 1.0-1.4x PyTorch's
+time (1.1-1.2x at the base shape, B=32, over the last two runs) while GRU and Elman
+cells are faster at B=32 (``benchmarks/results/throughput.md``). Pinned to one core
+each, jaxrnn's language-model step is also slower than PyTorch's
+(``benchmarks/results/lm_shakespeare_char.md``): the gap is the code per core, not
+an idle second core. Restructurings of the second core's use that were measured on
+XLA 0.10.2 and not kept:
 
 * Two half-batch loops in one program, or on two CPU devices (``shard_map``), run one
   after the other: XLA:CPU's thunk executor runs a sequence of at most 8 operations in
@@ -74,6 +80,12 @@ the second core that were measured on XLA 0.10.2 and not kept:
   with the forward cut, 1.08x with the backward loop cut too, 1.07x at B=256.
 * Cutting the product's columns in two (two ``32 x 256 @ 256 x 512`` products per
   step): 0.98x; in four: 1.7x.
+* Software-pipelining the tangent's per-chunk products (:func:`_input_terms`) one
+  chunk ahead, so that in the backward program the weight-gradient product of one
+  chunk does not depend on the serial loop of the next: 1.04x. They still ran one
+  after the other: buffer assignment gives the loop's coefficients a buffer the
+  product has just freed, which orders them (with each of XLA:CPU's three scheduler
+  types). One product for the whole sequence instead of one per chunk: 0.99x.
 
 Masked steps (``lengths``) keep the carry: ``carry_t = where(m_t, new_t, carry_{t-1})``
 and the same selection in the tangent. Sequences whose length is not a multiple of
