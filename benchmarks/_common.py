@@ -174,6 +174,21 @@ def cpu_counters() -> dict | None:
     return {"user_s": u.ru_utime, "kernel_s": u.ru_stime, "minor_faults": float(u.ru_minflt)}
 
 
+def pin_to_one_cpu() -> int:
+    """Restrict this process to one CPU; returns its number. Call it before any
+    framework starts its threads: they then all share that core.
+
+    This is the reliable way to compare frameworks "on one core":
+    ``XLA_FLAGS=--xla_cpu_multi_thread_eigen=false`` leaves XLA:CPU 0.10.2's YNNPACK
+    products on two threads, and PyTorch's thread count does not cover every pool.
+    """
+    if not hasattr(os, "sched_setaffinity"):
+        raise SystemExit("pinning to one core needs os.sched_setaffinity (Linux)")
+    cpu = min(os.sched_getaffinity(0))
+    os.sched_setaffinity(0, {cpu})
+    return cpu
+
+
 def timer(fn: Callable[[], object], block: Callable[[object], object]) -> Callable[[int], float]:
     """``run(n)``: call ``fn`` ``n`` times, ``block`` on the last result, seconds per call."""
 

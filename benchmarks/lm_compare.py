@@ -55,7 +55,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 sys.path.insert(0, HERE)
 
-from _common import machine_info  # noqa: E402
+from _common import machine_info, pin_to_one_cpu  # noqa: E402
 DEFAULT_CORPUS = os.path.join(ROOT, "..", "shared", "corpora", "shakespeare.txt")
 
 
@@ -109,13 +109,6 @@ VARIANTS = {  # name -> (framework, extra environment); "_1core": pinned to one 
 }
 
 
-def _pin_to_one_cpu() -> None:
-    """Restrict this process to one CPU (before any framework starts its threads)."""
-    if not hasattr(os, "sched_setaffinity"):
-        raise SystemExit("the one-core variants need os.sched_setaffinity (Linux)")
-    os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})
-
-
 def speed_probe(variant: str, s: dict, steps: int) -> dict:
     """``{"tokens_per_s", "cores_busy"}`` over ``steps`` training steps after 5 warm-up
     steps (run in its own process); ``cores_busy`` = CPU seconds of all the process's
@@ -124,7 +117,7 @@ def speed_probe(variant: str, s: dict, steps: int) -> dict:
 
     framework = VARIANTS[variant][0]
     if variant.endswith("_1core"):
-        _pin_to_one_cpu()
+        pin_to_one_cpu()
     warm = 5
 
     def cpu() -> float:

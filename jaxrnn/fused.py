@@ -61,9 +61,10 @@ What bounds the speed on CPU: the per-step products. For ``B = 32, H = 256`` an 
 ``32 x 256 @ 256 x 1024`` takes about 120 us per step on the 2-core test machine, and
 XLA:CPU already spreads it over both cores (1.7-1.8 cores busy through the loop;
 ``XLA_FLAGS=--xla_cpu_multi_thread_eigen=false`` does not change that, only pinning the
-process to one CPU does). PyTorch's oneDNN LSTM is at par with this forward pass but
-faster in the backward one (at B=32, T=64, I=64: about 18 against 26 ms in one
-interleaved measurement on 2026-11-22), which keeps the LSTM at 1.0-1.4x PyTorch's
+process to one CPU does). PyTorch's oneDNN LSTM is faster in both passes, most in the
+backward one (at B=32, T=64, I=64, 11 interleaved rounds on 2026-11-22: forward with
+the residuals kept 12.1 against 9.8 ms, backward 25.0 against 17.1 ms), which keeps the
+LSTM at 1.0-1.4x PyTorch's
 time (1.1-1.2x at the base shape, B=32, over the last two runs) while GRU and Elman
 cells are faster at B=32 (``benchmarks/results/throughput.md``). Pinned to one core
 each, jaxrnn's language-model step is also slower than PyTorch's
