@@ -61,16 +61,14 @@ What bounds the speed on CPU: the per-step products. For ``B = 32, H = 256`` an 
 ``32 x 256 @ 256 x 1024`` takes about 120 us per step on the 2-core test machine, and
 XLA:CPU already spreads it over both cores (1.7-1.8 cores busy through the loop;
 ``XLA_FLAGS=--xla_cpu_multi_thread_eigen=false`` does not change that, only pinning the
-process to one CPU does). PyTorch's oneDNN LSTM is faster in both passes, most in the
-backward one (at B=32, T=64, I=64, 11 interleaved rounds on 2026-11-22: forward with
-the residuals kept 12.1 against 9.8 ms, backward 25.0 against 17.1 ms), which keeps the
-LSTM at 1.0-1.4x PyTorch's
-time (1.1-1.2x at the base shape, B=32, over the last two runs) while GRU and Elman
-cells are faster at B=32 (``benchmarks/results/throughput.md``). Pinned to one core
-each, jaxrnn's language-model step is also slower than PyTorch's
-(``benchmarks/results/lm_shakespeare_char.md``): the gap is the code per core, not
-an idle second core. Restructurings of the second core's use that were measured on
-XLA 0.10.2 and not kept:
+process to one CPU does). Against PyTorch's oneDNN LSTM at B=32, T=64, I=64
+(``benchmarks/lstm_passes.py``, 2026-11-22): pinned to one core, the forward pass
+(with the residuals kept) takes 0.89x PyTorch's time and the backward pass 1.41x; on
+two cores 1.10x and 1.69x. The matrix products alone (4.0 GFLOP per step, which
+YNNPACK runs at 95-104 GFLOP/s per core under the JAX profiler) take about as long as
+PyTorch's whole step, so the LSTM stays at 1.0-1.4x PyTorch's time in
+``benchmarks/results/throughput.md`` (1.1-1.2x at the base shape over the last two
+runs) while GRU and Elman cells are faster at B=32. Restructurings that were measured on XLA 0.10.2 and not kept:
 
 * Two half-batch loops in one program, or on two CPU devices (``shard_map``), run one
   after the other: XLA:CPU's thunk executor runs a sequence of at most 8 operations in
