@@ -55,7 +55,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 sys.path.insert(0, HERE)
 
-from _common import machine_info, pin_to_one_cpu  # noqa: E402
+from _common import cpu_counters, machine_info, pin_to_one_cpu  # noqa: E402
 DEFAULT_CORPUS = os.path.join(ROOT, "..", "shared", "corpora", "shakespeare.txt")
 
 
@@ -113,16 +113,15 @@ def speed_probe(variant: str, s: dict, steps: int) -> dict:
     """``{"tokens_per_s", "cores_busy"}`` over ``steps`` training steps after 5 warm-up
     steps (run in its own process); ``cores_busy`` = CPU seconds of all the process's
     threads / wall seconds over the timed steps."""
-    import resource
-
     framework = VARIANTS[variant][0]
     if variant.endswith("_1core"):
         pin_to_one_cpu()
     warm = 5
 
     def cpu() -> float:
-        u = resource.getrusage(resource.RUSAGE_SELF)
-        return u.ru_utime + u.ru_stime
+        c = cpu_counters()
+        return c["user_s"] + c["kernel_s"]
+
     if framework == "jax":
         import jax
         import optax
