@@ -125,7 +125,8 @@ def interleaved(runners: dict[str, Callable[[int], float]], rounds: int, reps: i
     Returns:
       ``{name: {"seconds": [per round], "median_s": ..., "ratio_median": median over
       rounds of seconds / reference seconds, "ratio_min", "ratio_max", "cpu": per-step
-      process counters (see :func:`cpu_counters`), medians over rounds}}``.
+      process counters (see :func:`cpu_counters`), medians over rounds, "cores_busy":
+      their CPU seconds / ``median_s``}}``; the last two None without ``resource``.
     """
     times = {k: [] for k in runners}
     counters = {k: [] for k in runners}
@@ -144,14 +145,17 @@ def interleaved(runners: dict[str, Callable[[int], float]], rounds: int, reps: i
     out = {}
     for name in order:
         ratios = [a / b for a, b in zip(times[name], times[reference])]
+        median_s = statistics.median(times[name])
+        cpu = ({k: statistics.median(c[k] for c in counters[name]) for k in counters[name][0]}
+               if counters[name] else None)
         out[name] = {
             "seconds": times[name],
-            "median_s": statistics.median(times[name]),
+            "median_s": median_s,
             "ratio_median": statistics.median(ratios),
             "ratio_min": min(ratios),
             "ratio_max": max(ratios),
-            "cpu": {k: statistics.median(c[k] for c in counters[name]) for k in counters[name][0]}
-            if counters[name] else None,
+            "cpu": cpu,
+            "cores_busy": (cpu["user_s"] + cpu["kernel_s"]) / median_s if cpu else None,
         }
     return out
 

@@ -115,15 +115,11 @@ def main(argv=None):
     def ms(name):
         return 1e3 * res[name]["median_s"]
 
-    def busy(name):
-        c = res[name]["cpu"]
-        return (c["user_s"] + c["kernel_s"]) / res[name]["median_s"]
-
     fws = ["jaxrnn"] + (["PyTorch"] if "PyTorch forward" in res else [])
     passes = {fw: {"forward_ms": ms(f"{fw} forward"), "forward_backward_ms": ms(f"{fw} forward+backward"),
                    "backward_ms": ms(f"{fw} forward+backward") - ms(f"{fw} forward"),
-                   "cores_busy_forward": busy(f"{fw} forward"),
-                   "cores_busy_forward_backward": busy(f"{fw} forward+backward")} for fw in fws}
+                   "cores_busy_forward": res[f"{fw} forward"]["cores_busy"],
+                   "cores_busy_forward_backward": res[f"{fw} forward+backward"]["cores_busy"]} for fw in fws}
 
     title = "LSTM training step, forward and backward: jaxrnn vs PyTorch"
     md = header_markdown(title, info, command_line())

@@ -283,8 +283,7 @@ def cpu_table(results, names) -> str:
         c = r.get("cpu")
         if not c:
             continue
-        busy = (c["user_s"] + c["kernel_s"]) / r["median_s"]
-        md += (f"| {row['cell']} | {row['shape']} | {n} | {1e3 * r['median_s']:.1f} | {busy:.2f} | "
+        md += (f"| {row['cell']} | {row['shape']} | {n} | {1e3 * r['median_s']:.1f} | {r['cores_busy']:.2f} | "
                f"{1e3 * c['kernel_s']:.1f} | {c['minor_faults']:,.0f} |\n")
     return md
 

@@ -68,7 +68,8 @@ two cores 1.10x and 1.69x. The matrix products alone (4.0 GFLOP per step, which
 YNNPACK runs at 95-104 GFLOP/s per core under the JAX profiler) take about as long as
 PyTorch's whole step, so the LSTM stays at 1.0-1.4x PyTorch's time in
 ``benchmarks/results/throughput.md`` (1.1-1.2x at the base shape over the last two
-runs) while GRU and Elman cells are faster at B=32. Restructurings that were measured on XLA 0.10.2 and not kept:
+runs) while GRU and Elman cells are faster at B=32. Restructurings that were measured
+on XLA 0.10.2 and not kept:
 
 * Two half-batch loops in one program, or on two CPU devices (``shard_map``), run one
   after the other: XLA:CPU's thunk executor runs a sequence of at most 8 operations in
