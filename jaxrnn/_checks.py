@@ -59,3 +59,18 @@ def concrete_values(x: Any):
         return np.asarray(x)
     except Exception:  # pragma: no cover - e.g. a deleted buffer
         return None
+
+
+def as_key(key: Any, name: str = "key") -> jax.Array:
+    """A PRNG key from ``key``: an int seed, a typed key, or legacy ``uint32[2]`` key data.
+
+    Raises ``TypeError`` naming ``name`` for anything else.
+    """
+    if isinstance(key, (int, np.integer)) and not isinstance(key, bool):
+        return jax.random.key(int(key))
+    if hasattr(key, "dtype") and jnp.issubdtype(key.dtype, jax.dtypes.prng_key):
+        return key
+    if hasattr(key, "dtype") and key.dtype == jnp.uint32 and tuple(key.shape) == (2,):
+        return jax.random.wrap_key_data(key)
+    got = f"an array of dtype {key.dtype} and shape {shape_str(key.shape)}" if hasattr(key, "dtype") else type(key).__name__
+    raise TypeError(f"{name} must be an int seed or a PRNG key (jax.random.key(seed)), got {got}")

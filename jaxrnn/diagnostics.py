@@ -29,9 +29,12 @@ of ``h_t``), ``t = 0 .. T-1``; the initial carry is ``h_{-1}``. A ``(T, T)`` res
 holds ``m[s, t]`` for ``t <= s`` and exact zeros above the diagonal (a state never
 depends on a later one).
 
-**The state of an LSTM** is the pair ``(h, c)``; Jacobians are taken on the
-concatenated vector ``[h, c]`` (size ``2H``) and state gradients are reported for both
-parts (norms over both). The bound ``(gamma_w gamma_h)^(s-t)`` is a theorem for the
+**The state** is the whole carry, whatever pytree it is: for the LSTM the pair
+``(h, c)``, for a cell of your own (any object with ``init``, ``initial_carry``,
+``apply`` and ``hidden_size``) its own carry. Jacobians are taken on the carry's leaves
+flattened into one vector per row (``[h, c]``, size ``2H``, for the LSTM) and state
+gradients are reported for every leaf (norms over all of them). Every function here
+steps the cell with its ``apply``. The bound ``(gamma_w gamma_h)^(s-t)`` is a theorem for the
 Elman cell only: for the LSTM and the GRU the identity paths (``f * c`` and ``z * h``)
 and the gate derivatives break it, so :func:`elman_bound` refuses gated cells. The
 running product of the measured one-step norms (``JacobianNorms.step_bound``) is a valid
@@ -59,7 +62,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxrnn._checks import check_floating, check_rank, shape_str
-from jaxrnn.cells import Cell, check_carry, check_params
+from jax.flatten_util import ravel_pytree
+
+from jaxrnn.cells import Cell, check_cell, check_params, is_builtin
+from jaxrnn.unroll import checked_carry
 
 Array = jax.Array
 
@@ -76,8 +82,8 @@ __all__ = [
     "by_distance",
 ]
 
-_GATE_NAMES = {"rnn_tanh": (), "rnn_relu": (), "lstm": ("i", "f", "g", "o"), "gru": ("r", "z", "n")}
-_ELMAN = ("rnn_tanh", "rnn_relu")
+_GATE_NAMES = {"rnn": (), "rnn_relu": (), "lstm": ("i", "f", "g", "o"), "gru": ("r", "z", "n")}
+_ELMAN = ("rnn", "rnn_relu")
 
 
 class JacobianNorms(NamedTuple):
@@ -100,12 +106,8 @@ class JacobianNorms(NamedTuple):
 # --------------------------------------------------------------------------- checks
 
 
-def _check_cell(cell: Any) -> Cell:
-    if not isinstance(cell, Cell):
-        raise TypeError(
-            f"cell must be a jaxrnn Cell (jr.rnn, jr.lstm or jr.gru), got {type(cell).__name__}"
-        )
-    return cell
+def _check_cell(cell: Any):
+    return check_cell(cell, "cell")
 
 
 def _check_ord(ord: Any) -> None:
@@ -113,49 +115,30 @@ def _check_ord(ord: Any) -> None:
         raise ValueError(f"ord must be 2 (spectral norm) or 'fro' (Frobenius), got {ord!r}")
 
 
-def _prepare(cell: Cell, params, xs, carry):
+def _prepare(cell, params, xs, carry):
     """Check arguments; return time-major xs, the carry and whether xs is batched."""
     _check_cell(cell)
-    input_size = check_params(params, cell.kind, cell.hidden_size)
     check_rank("xs", xs, (2, 3), "((time, features) or (batch, time, features))")
     check_floating("xs", xs)
-    if xs.shape[-1] != input_size:
-        raise ValueError(
-            f"xs must have {input_size} features (the input_size of params['w_x']), "
-            f"got shape {shape_str(xs.shape)}"
-        )
     batched = xs.ndim == 3
-    batch = tuple(xs.shape[:1]) if batched else ()
     if xs.shape[-2] == 0:
         raise ValueError(f"xs must have at least one time step, got shape {shape_str(xs.shape)}")
-    if carry is None:
-        carry = cell.initial_carry(batch if batched else None, xs.dtype)
-    else:
-        got = check_carry(carry, cell.kind, cell.hidden_size)
-        if got != batch:
-            raise ValueError(
-                f"carry has batch shape {shape_str(got)} but xs of shape {shape_str(xs.shape)} "
-                f"needs batch shape {shape_str(batch)}"
-            )
     xs_tm = jnp.swapaxes(xs, 0, 1) if batched else xs
+    carry = checked_carry(cell, params, xs_tm, carry)
     return xs_tm, carry, batched
 
 
-def _flat(cell: Cell, carry) -> Array:
-    """The state as one vector per row: ``h`` or ``[h, c]`` (LSTM)."""
-    return jnp.concatenate(carry, axis=-1) if cell.kind == "lstm" else carry
-
-
-def _unflat(cell: Cell, v: Array):
-    if cell.kind == "lstm":
-        h = cell.hidden_size
-        return (v[..., :h], v[..., h:])
-    return v
-
-
-def _output(cell: Cell, carry) -> Array:
-    """``y_t`` from the state ``h_t`` (every jaxrnn cell outputs its ``h``)."""
-    return carry[0] if cell.kind == "lstm" else carry
+def _apply_probed(cell, params, c, x_t, e_t):
+    """One step with the probe ``e_t`` added to the new carry. When ``apply`` returns one of
+    the carry's leaves as ``y_t`` (every built-in cell returns its ``h``), ``y_t`` is that
+    leaf after the probe, so ``L_t`` sees ``h_t``."""
+    c2, y = cell.apply(params, c, x_t)
+    leaves = jax.tree_util.tree_leaves(c2)
+    at = next((i for i, leaf in enumerate(leaves) if leaf is y), None)
+    c2 = jax.tree_util.tree_map(jnp.add, c2, e_t)
+    if at is not None:
+        y = jax.tree_util.tree_leaves(c2)[at]
+    return c2, y
 
 
 def _lower_mask(n: int) -> Array:
@@ -184,15 +167,31 @@ def spectral_norm(w: Array) -> Array:
     return jnp.linalg.norm(w, ord=2, axis=(-2, -1))
 
 
+def _w_h(cell, params, fn: str) -> Array:
+    """``params["w_h"]`` as a matrix, or a ``TypeError`` saying what ``fn`` needs."""
+    if is_builtin(cell):
+        check_params(params, cell.kind, cell.hidden_size)
+        return params["w_h"]
+    w_h = params.get("w_h") if isinstance(params, dict) else None
+    if w_h is None or not hasattr(w_h, "ndim") or w_h.ndim != 2:
+        got = f"keys {sorted(params)}" if isinstance(params, dict) else f"a {type(params).__name__}"
+        raise TypeError(
+            f"{fn} needs the recurrent weight matrix params['w_h'] (as the built-in cells have); "
+            f"this cell's params have {got}"
+        )
+    return w_h
+
+
 def recurrent_norms(cell: Cell, params) -> dict:
     """Spectral norms of the recurrent weights ``W_h``: the full matrix and each gate block.
 
     Args:
-      cell: a jaxrnn :class:`~jaxrnn.cells.Cell`.
+      cell: a built-in cell, or a cell of your own whose params are a dict with a 2-D
+        ``"w_h"`` (else ``TypeError``).
       params: its parameters.
 
     Returns:
-      ``{"w_h": ||W_h||_2}`` plus, for gated cells, one entry per ``H x H`` gate block of
+      ``{"w_h": ||W_h||_2}`` plus, for the built-in gated cells, one entry per ``H x H`` gate block of
       ``W_h`` in PyTorch order: LSTM ``"i", "f", "g", "o"``; GRU ``"r", "z", "n"``.
       ``gamma_w`` of the Elman bound is ``["w_h"]``.
 
@@ -205,11 +204,10 @@ def recurrent_norms(cell: Cell, params) -> dict:
       ['f', 'g', 'i', 'o', 'w_h']
     """
     _check_cell(cell)
-    check_params(params, cell.kind, cell.hidden_size)
-    w_h = params["w_h"]
+    w_h = _w_h(cell, params, "recurrent_norms")
     h = cell.hidden_size
     out = {"w_h": spectral_norm(w_h)}
-    for i, name in enumerate(_GATE_NAMES[cell.kind]):
+    for i, name in enumerate(_GATE_NAMES[cell.kind] if is_builtin(cell) else ()):
         out[name] = spectral_norm(w_h[:, i * h : (i + 1) * h])
     return out
 
@@ -221,10 +219,11 @@ def activation_bound(cell: Cell) -> float:
     ``diag(phi'(z)) W_h^T`` (use :func:`jacobian_norms`' ``step_bound`` for them).
     """
     _check_cell(cell)
-    if cell.kind not in _ELMAN:
+    if not (is_builtin(cell) and cell.kind in _ELMAN):
+        what = f"a cell of kind {cell.kind!r}" if is_builtin(cell) else f"a cell of your own ({type(cell).__name__})"
         raise TypeError(
-            f"activation_bound applies to Elman cells (jr.rnn, kind 'rnn_tanh' or 'rnn_relu'), "
-            f"got a cell of kind {cell.kind!r}; for gated cells use jacobian_norms(...).step_bound"
+            f"activation_bound and elman_bound apply to Elman cells only (jr.rnn, kind 'rnn' or 'rnn_relu'), "
+            f"got {what}; for any other cell use jacobian_norms(...).step_bound"
         )
     return 1.0  # tanh' = 1 - tanh^2 <= 1;  relu' in {0, 1}
 
@@ -251,7 +250,7 @@ def elman_bound(cell: Cell, params, num_steps: int) -> Array:
       [0.25, 0.5, 1.0]
     """
     gamma_h = activation_bound(cell)
-    check_params(params, cell.kind, cell.hidden_size)
+    _w_h(cell, params, "elman_bound")
     if isinstance(num_steps, bool) or not isinstance(num_steps, int) or num_steps < 1:
         raise ValueError(f"num_steps must be a positive int, got {num_steps!r}")
     gamma = spectral_norm(params["w_h"]) * gamma_h
@@ -263,24 +262,25 @@ def elman_bound(cell: Cell, params, num_steps: int) -> Array:
 # --------------------------------------------------------------------------- Jacobians
 
 
-def _states_tm(cell: Cell, params, xp_tm: Array, carry):
-    def body(c, xp_t):
-        c2, _ = cell.step(params, c, xp_t)
+def _states_tm(cell, params, xs_tm: Array, carry):
+    def body(c, x_t):
+        c2, _ = cell.apply(params, c, x_t)
         return c2, c2
 
-    return jax.lax.scan(body, carry, xp_tm)[1]
+    return jax.lax.scan(body, carry, xs_tm)[1]
 
 
-def _step_jacobians_1(cell: Cell, params, xp: Array, carry) -> Array:
+def _step_jacobians_1(cell, params, xs: Array, carry) -> Array:
     """One unbatched sequence: ``(T, D, D)`` with ``J[k] = dh_k/dh_{k-1}``."""
-    states = _states_tm(cell, params, xp, carry)
+    states = _states_tm(cell, params, xs, carry)
     prev = jax.tree_util.tree_map(lambda c0, s: jnp.concatenate([c0[None], s[:-1]], axis=0), carry, states)
-    prev_flat = _flat(cell, prev)  # (T, D)
+    _, unflat = ravel_pytree(carry)
+    prev_flat = jax.vmap(lambda c: ravel_pytree(c)[0])(prev)  # (T, D)
 
-    def one(v, xp_k):
-        return _flat(cell, cell.step(params, _unflat(cell, v), xp_k)[0])
+    def one(v, x_k):
+        return ravel_pytree(cell.apply(params, unflat(v), x_k)[0])[0]
 
-    return jax.vmap(jax.jacfwd(one))(prev_flat, xp)
+    return jax.vmap(jax.jacfwd(one))(prev_flat, xs)
 
 
 def step_jacobians(cell: Cell, params, xs: Array, carry=None) -> Array:
@@ -294,7 +294,8 @@ def step_jacobians(cell: Cell, params, xs: Array, carry=None) -> Array:
 
     Returns:
       ``(T, D, D)`` (``(B, T, D, D)`` for batched ``xs``) with ``J[k][i, j] =
-      d h_k[i] / d h_{k-1}[j]``; ``D = H``, or ``2H`` for the LSTM state ``[h, c]``.
+      d h_k[i] / d h_{k-1}[j]``; ``D`` is the size of one row's carry, its leaves
+      flattened in tree order: ``H``, or ``2H`` for the LSTM state ``[h, c]``.
       ``J[0]`` is taken with respect to the initial carry. For the Elman cell
       ``J_k = diag(phi'(z_k)) W_h^T``.
 
@@ -307,10 +308,9 @@ def step_jacobians(cell: Cell, params, xs: Array, carry=None) -> Array:
       (5, 8, 8)
     """
     xs_tm, carry, batched = _prepare(cell, params, xs, carry)
-    xp = cell.project(params, xs_tm)
     if batched:
-        return jax.vmap(lambda x, c: _step_jacobians_1(cell, params, x, c), in_axes=(1, 0))(xp, carry)
-    return _step_jacobians_1(cell, params, xp, carry)
+        return jax.vmap(lambda x, c: _step_jacobians_1(cell, params, x, c), in_axes=(1, 0))(xs_tm, carry)
+    return _step_jacobians_1(cell, params, xs_tm, carry)
 
 
 def _products_from_jacobians(jac: Array, ord) -> tuple[Array, Array, Array]:
@@ -397,7 +397,11 @@ def state_gradients(cell: Cell, params, xs: Array, loss_fn: Callable[[Array], Ar
     Returns:
       A pytree shaped like the carry (``h``, or ``(h, c)`` for the LSTM) whose leaves
       have shape ``(T, T) + state_shape``: ``leaf[s, t] = dL_s/dh_t`` (zero for
-      ``t > s``). ``state_shape`` is ``(H,)`` or ``(B, H)``.
+      ``t > s``). ``state_shape`` is the leaf's shape, e.g. ``(H,)`` or ``(B, H)``. The
+      probe at step ``t`` is added to the carry after the step; when ``apply`` returns
+      one of the carry's leaves as ``y_t`` (every built-in cell returns ``h``), ``y_t``
+      includes it, so the diagonal ``dL_t/dh_t`` is the gradient through ``y_t``. A cell
+      whose ``y_t`` is not a leaf of its carry has ``dL_t/dh_t = 0``.
 
     Example::
 
@@ -413,17 +417,14 @@ def state_gradients(cell: Cell, params, xs: Array, loss_fn: Callable[[Array], Ar
         raise TypeError(f"loss_fn must be a callable ys -> (T,) per-step losses, got {type(loss_fn).__name__}")
     xs_tm, carry, batched = _prepare(cell, params, xs, carry)
     n = xs_tm.shape[0]
-    xp = cell.project(params, xs_tm)
     eps0 = jax.tree_util.tree_map(lambda c: jnp.zeros((n,) + c.shape, c.dtype), carry)
 
     def losses(eps):
         def body(c, inp):
-            xp_t, e_t = inp
-            c2, _ = cell.step(params, c, xp_t)
-            c2 = jax.tree_util.tree_map(jnp.add, c2, e_t)
-            return c2, _output(cell, c2)
+            x_t, e_t = inp
+            return _apply_probed(cell, params, c, x_t, e_t)
 
-        _, ys = jax.lax.scan(body, carry, (xp, eps))
+        _, ys = jax.lax.scan(body, carry, (xs_tm, eps))
         if batched:
             ys = jnp.swapaxes(ys, 0, 1)
         out = loss_fn(ys)

@@ -122,8 +122,6 @@ __all__ = ["scan", "applies", "chunk_length", "DEFAULT_CHUNK"]
 #: Target chunk length ``K`` for ``remat=None`` and ``remat="step"``.
 DEFAULT_CHUNK = 8
 
-_KINDS = ("lstm", "gru", "rnn_tanh", "rnn_relu")
-
 
 # --------------------------------------------------------------------------- cell maths
 
@@ -360,7 +358,7 @@ def _own_carry(acts, start, hs, mask):
 _OPS = {
     "lstm": _Ops(_lstm_step, _lstm_acts, _lstm_coefs, _lstm_tangent, _lstm_recover, 2, False, True),
     "gru": _Ops(_gru_step, _gru_acts, _gru_coefs, _gru_tangent, _own_carry, 1, True, True),
-    "rnn_tanh": _rnn_ops("tanh"),
+    "rnn": _rnn_ops("tanh"),
     "rnn_relu": _rnn_ops("relu"),
 }
 
@@ -686,13 +684,17 @@ _recurrence.defjvp(_recurrence_jvp, symbolic_zeros=True)
 def applies(cell: Any, params: Any, xs_tm: Array, carry: Any) -> bool:
     """Whether :func:`scan` handles this call (else the generic ``lax.scan`` path is used).
 
-    True for cells made by ``jr.lstm``, ``jr.gru`` and ``jr.rnn`` whose params, inputs
+    True for cells with ``fused=True`` (those made by ``jr.lstm``, ``jr.gru`` and
+    ``jr.rnn``; this module's table of per-cell maths is keyed by their ``kind``) whose params, inputs
     and carry all share one floating dtype and whose arrays are not empty.
     """
-    if not isinstance(cell, Cell) or cell.kind not in _KINDS:
-        return False
-    if getattr(cell.step, "__module__", None) != "jaxrnn.cells":
-        return False  # a Cell put together by hand with its own step function
+    if not isinstance(cell, Cell) or not cell.fused:
+        return False  # a cell of the user's own: the generic lax.scan of its apply
+    if cell.kind not in _OPS:
+        raise ValueError(
+            f"cell.fused is True but cell.kind={cell.kind!r} has no fast path (those are {sorted(_OPS)}); "
+            "build the cell with fused=False"
+        )
     leaves = jax.tree_util.tree_leaves((params, carry, xs_tm))
     dtypes = {jnp.result_type(v) for v in leaves}
     if len(dtypes) != 1 or not jnp.issubdtype(next(iter(dtypes)), jnp.floating):

@@ -49,13 +49,13 @@ from jaxrnn.unroll import Bidirectional, Stack, bidirectional, stack
 
 __all__ = ["from_torch", "to_torch", "cell_for", "carry_from_torch", "carry_to_torch"]
 
-_GATES = {"rnn_tanh": 1, "rnn_relu": 1, "lstm": 4, "gru": 3}
+_GATES = {"rnn": 1, "rnn_relu": 1, "lstm": 4, "gru": 3}
 
 
 class _Spec(NamedTuple):
     """What jaxrnn needs to know about a PyTorch recurrent module."""
 
-    kind: str  # "rnn_tanh", "rnn_relu", "lstm" or "gru"
+    kind: str  # "rnn" (tanh), "rnn_relu", "lstm" or "gru": the built-in cell names
     input_size: int
     hidden_size: int
     num_layers: int
@@ -89,7 +89,7 @@ def _spec(module: Any) -> _Spec:
     torch = _import_torch()
     nn = torch.nn
     if isinstance(module, nn.RNNBase):
-        modes = {"RNN_TANH": "rnn_tanh", "RNN_RELU": "rnn_relu", "LSTM": "lstm", "GRU": "gru"}
+        modes = {"RNN_TANH": "rnn", "RNN_RELU": "rnn_relu", "LSTM": "lstm", "GRU": "gru"}
         if module.mode not in modes:
             raise ValueError(f"module has unsupported mode {module.mode!r}; expected one of {sorted(modes)}")
         if getattr(module, "proj_size", 0):
@@ -107,7 +107,7 @@ def _spec(module: Any) -> _Spec:
         elif isinstance(module, nn.GRUCell):
             kind = "gru"
         else:
-            kind = f"rnn_{module.nonlinearity}"
+            kind = "rnn" if module.nonlinearity == "tanh" else "rnn_relu"
         return _Spec(kind, int(module.input_size), int(module.hidden_size), 1, 1, bool(module.bias), 0.0, True)
     raise TypeError(
         "module must be a torch.nn.RNN, nn.LSTM, nn.GRU, nn.RNNCell, nn.LSTMCell or nn.GRUCell, "
@@ -158,7 +158,7 @@ def _module_for(spec: _Spec):
             return lstm(spec.hidden_size, forget_bias=0.0)
         if spec.kind == "gru":
             return gru(spec.hidden_size)
-        return rnn(spec.hidden_size, activation=spec.kind[4:])
+        return rnn(spec.hidden_size, activation="tanh" if spec.kind == "rnn" else "relu")
 
     cell = make_cell()
     layer = cell if spec.num_directions == 1 else bidirectional(cell, make_cell())

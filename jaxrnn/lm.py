@@ -51,8 +51,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxrnn._checks import check_integer, shape_str
-from jaxrnn.cells import gru, lstm, rnn
+from jaxrnn._checks import as_key, check_integer, shape_str
+from jaxrnn.cells import BUILTIN, check_cell, from_name
 from jaxrnn.layers import dropout as _dropout
 from jaxrnn.layers import embedding, softmax_cross_entropy
 from jaxrnn.unroll import Stack, stack, unroll
@@ -64,8 +64,9 @@ __all__ = [
     "perplexity", "bits_per_char", "evaluate", "sample", "greedy",
 ]
 
-#: Cell names accepted by :func:`language_model`.
-CELLS = ("lstm", "gru", "rnn", "rnn_relu")
+#: Cell names accepted by :func:`language_model` (the keys of :data:`jaxrnn.cells.BUILTIN`);
+#: it also takes a cell object.
+CELLS = tuple(BUILTIN)
 
 
 class LanguageModel(NamedTuple):
@@ -79,7 +80,8 @@ class LanguageModel(NamedTuple):
         are integer ids ``(B, T)``, ``logits`` ``(B, T, V)``. ``key`` turns dropout on.
       step: ``step(params, carry, token_t) -> (carry, logits_t)``: one token ``(B,)`` to
         logits ``(B, V)`` (no dropout), for generation.
-      vocab_size, cell, hidden, embed, layers, dropout, tie: the hyper-parameters.
+      vocab_size, cell, hidden, embed, layers, dropout, tie: the hyper-parameters;
+        ``cell`` is the name of a built-in cell or the cell object that was passed.
       net: the recurrent :class:`~jaxrnn.unroll.Stack`.
     """
 
@@ -88,7 +90,7 @@ class LanguageModel(NamedTuple):
     apply: Callable
     step: Callable
     vocab_size: int
-    cell: str
+    cell: Any
     hidden: int
     embed: int
     layers: int
@@ -97,8 +99,8 @@ class LanguageModel(NamedTuple):
     net: Stack
 
     def config(self) -> dict:
-        """The hyper-parameters as a JSON-able dict; ``language_model(**config)`` rebuilds
-        the model."""
+        """The hyper-parameters as a dict; ``language_model(**config)`` rebuilds the model.
+        JSON-able when the cell was given by name."""
         return {"vocab_size": self.vocab_size, "cell": self.cell, "hidden": self.hidden, "embed": self.embed,
                 "layers": self.layers, "dropout": self.dropout, "tie": self.tie}
 
@@ -109,26 +111,20 @@ def _positive_int(name: str, v: Any) -> int:
     return int(v)
 
 
-def _make_cell(name: str, hidden: int):
-    if name == "lstm":
-        return lstm(hidden)
-    if name == "gru":
-        return gru(hidden)
-    if name == "rnn":
-        return rnn(hidden, "tanh")
-    return rnn(hidden, "relu")
-
-
 def language_model(
-    vocab_size: int, cell: str = "lstm", hidden: int = 256, embed: int = 64, layers: int = 1,
+    vocab_size: int, cell: Any = "lstm", hidden: int | None = None, embed: int = 64, layers: int = 1,
     dropout: float = 0.0, tie: bool = False,
 ) -> LanguageModel:
     """Build an RNN language model.
 
     Args:
       vocab_size: ``V``, the number of tokens.
-      cell: ``"lstm"``, ``"gru"``, ``"rnn"`` (tanh) or ``"rnn_relu"``.
-      hidden: state size of every recurrent layer.
+      cell: ``"lstm"``, ``"gru"``, ``"rnn"`` (tanh) or ``"rnn_relu"`` (the names in
+        :data:`CELLS`), or a cell object: a built-in one or one of your own (any object
+        with ``init``, ``initial_carry``, ``apply`` and ``hidden_size``, see
+        :class:`jaxrnn.Cell`). Every layer is that cell, with its own parameters.
+      hidden: output size of every recurrent layer: default 256 for a named cell; for a
+        cell object it is ``cell.hidden_size`` (passing another value is an error).
       embed: embedding size.
       layers: number of stacked recurrent layers.
       dropout: rate in ``[0, 1)`` on the embeddings, between layers and before the
@@ -143,11 +139,21 @@ def language_model(
     scale as the untied ones); output weights ``N(0, 1/hidden)``, biases 0.
     """
     vocab_size = _positive_int("vocab_size", vocab_size)
-    hidden = _positive_int("hidden", hidden)
+    if isinstance(cell, str):
+        if cell not in CELLS:
+            raise ValueError(f"cell must be one of {CELLS} or a cell object, got {cell!r}")
+        hidden = 256 if hidden is None else _positive_int("hidden", hidden)
+        layer = from_name(cell, hidden)
+    else:
+        layer = check_cell(cell, "cell")
+        if hidden is not None and _positive_int("hidden", hidden) != int(layer.hidden_size):
+            raise ValueError(
+                f"hidden={hidden} differs from cell.hidden_size={layer.hidden_size}; leave hidden out "
+                "when passing a cell object"
+            )
+        hidden = int(layer.hidden_size)
     embed = _positive_int("embed", embed)
     layers = _positive_int("layers", layers)
-    if cell not in CELLS:
-        raise ValueError(f"cell must be one of {CELLS}, got {cell!r}")
     if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0.0 <= dropout < 1.0:
         raise ValueError(f"dropout must be a float in [0, 1), got {dropout!r}")
     dropout = float(dropout)
@@ -157,7 +163,7 @@ def language_model(
             f"tie=True reuses the embedding table (vocab_size, embed) as the output weights, so hidden "
             f"must equal embed; got hidden={hidden}, embed={embed}"
         )
-    net = stack([_make_cell(cell, hidden) for _ in range(layers)], dropout=dropout)
+    net = stack([layer] * layers, dropout=dropout)
     emb = embedding(vocab_size, embed, scale=(1.0 / math.sqrt(embed)) if tie else 1.0)
 
     def init(key: Array, dtype=jnp.float32) -> dict:
@@ -223,13 +229,7 @@ def language_model(
 
 
 def _key(key) -> Array:
-    if isinstance(key, (int, np.integer)) and not isinstance(key, bool):
-        return jax.random.key(int(key))
-    if hasattr(key, "dtype") and jnp.issubdtype(key.dtype, jax.dtypes.prng_key):
-        return key
-    if hasattr(key, "dtype") and key.dtype == jnp.uint32 and key.shape == (2,):
-        return jax.random.wrap_key_data(key)
-    raise TypeError(f"key must be an int seed or a PRNG key, got {type(key).__name__}")
+    return as_key(key)
 
 
 def train_carry(model: LanguageModel, batch_size: int, key, dtype=jnp.float32):

@@ -38,7 +38,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxrnn._checks import check_floating, check_integer, check_rank, concrete_values, shape_str
-from jaxrnn.cells import Cell
+from jaxrnn.cells import check_cell
 from jaxrnn.unroll import Bidirectional, Stack
 from jaxrnn.unroll import unroll as _unroll  # `unroll` is also a keyword argument below
 
@@ -250,22 +250,20 @@ def many_to_many(
 
 
 def _check_decoder(cell, name: str) -> None:
-    if isinstance(cell, Cell):
-        return
+    if isinstance(cell, Bidirectional):
+        raise TypeError(
+            f"{name} must step one time step at a time; a Bidirectional layer reads the "
+            "future (use a cell or a Stack of cells)"
+        )
     if isinstance(cell, Stack):
         for i, layer in enumerate(cell.layers):
-            if not isinstance(layer, Cell):
+            if isinstance(layer, Bidirectional):
                 raise TypeError(
                     f"{name} must step one time step at a time; layer {i} of the Stack is a "
                     f"{type(layer).__name__}, which reads the future (use plain cells)"
                 )
         return
-    if isinstance(cell, Bidirectional):
-        raise TypeError(
-            f"{name} must step one time step at a time; a Bidirectional layer reads the "
-            "future (use a Cell or a Stack of cells)"
-        )
-    raise TypeError(f"{name} must be a jaxrnn Cell or Stack, got {type(cell).__name__}")
+    check_cell(cell, name)
 
 
 def _is_static_number(v) -> bool:

@@ -7,7 +7,12 @@ the body is traced once, compile time does not grow with the sequence length.
 
 Three kinds of recurrent module can be unrolled:
 
-* a :class:`~jaxrnn.cells.Cell` (``jr.rnn``, ``jr.lstm``, ``jr.gru``);
+* a cell: a built-in one (``jr.rnn``, ``jr.lstm``, ``jr.gru``) or one of your own, any
+  object with ``init``, ``initial_carry``, ``apply`` and ``hidden_size`` (see
+  :class:`~jaxrnn.cells.Cell`). A built-in cell runs through its hand-written derivative
+  (:mod:`jaxrnn.fused`); any other cell is a ``lax.scan`` of its ``apply`` (or of its
+  ``step`` over the hoisted ``project`` when it has both), with the same ``lengths``,
+  ``reverse`` and ``remat`` options;
 * a :class:`Stack` of layers (``jr.stack([...], dropout=p)``), optionally with dropout
   between layers driven by an explicit PRNG key;
 * a :class:`Bidirectional` layer (``jr.bidirectional(cell)``) whose output concatenates
@@ -22,8 +27,10 @@ from typing import Any, NamedTuple, Union
 import jax
 import jax.numpy as jnp
 
-from jaxrnn._checks import check_floating, check_integer, check_rank, concrete_values, shape_str
-from jaxrnn.cells import Cell, check_carry, check_params
+from jaxrnn._checks import as_key, check_floating, check_integer, check_rank, concrete_values, shape_str
+from jaxrnn.cells import (
+    Cell, check_apply, check_carry, check_cell, check_cell_carry, check_cell_params, check_params, is_builtin,
+)
 from jaxrnn import fused as _fused
 from jaxrnn.layers import dropout as _dropout
 
@@ -49,7 +56,7 @@ class Bidirectional(NamedTuple):
         return self.forward.hidden_size + self.backward.hidden_size
 
     def init(self, key: Array, input_size: int, dtype=jnp.float32) -> dict:
-        kf, kb = jax.random.split(key)
+        kf, kb = jax.random.split(as_key(key))
         return {"forward": self.forward.init(kf, input_size, dtype), "backward": self.backward.init(kb, input_size, dtype)}
 
     def initial_carry(self, batch_size: Any = None, dtype=jnp.float32):
@@ -73,7 +80,7 @@ class Stack(NamedTuple):
         return output_size(self.layers[-1])
 
     def init(self, key: Array, input_size: int, dtype=jnp.float32) -> list:
-        keys = jax.random.split(key, len(self.layers))
+        keys = jax.random.split(as_key(key), len(self.layers))
         params, size = [], input_size
         for k, layer in zip(keys, self.layers):
             params.append(layer.init(k, size, dtype))
@@ -86,13 +93,13 @@ class Stack(NamedTuple):
     def apply(self, params: list, carry: tuple, x_t: Array):
         """One time step through every layer (no dropout): ``(carry, y_t)``.
 
-        Only for stacks of plain cells (a bidirectional layer needs the whole sequence).
+        Only for stacks of cells (a bidirectional layer needs the whole sequence).
         Useful for sampling one token at a time.
         """
         _check_stack_args(self, params, carry)
         new_carry, y = [], x_t
         for i, (layer, p, c) in enumerate(zip(self.layers, params, carry)):
-            if not isinstance(layer, Cell):
+            if isinstance(layer, Bidirectional):
                 raise TypeError(
                     f"Stack.apply steps plain cells only; layer {i} is a {type(layer).__name__}, "
                     "which needs the whole sequence (use jr.unroll)"
@@ -102,22 +109,26 @@ class Stack(NamedTuple):
         return tuple(new_carry), y
 
 
-Module = Union[Cell, Stack, Bidirectional]
+Module = Union[Cell, Stack, Bidirectional, Any]
+
+
+def _check_module(module: Any, name: str) -> None:
+    if not isinstance(module, (Stack, Bidirectional)):
+        check_cell(module, name)
 
 
 def output_size(module: Module) -> int:
     """The feature size of the outputs ``ys`` of :func:`unroll` for ``module``."""
-    if isinstance(module, (Cell, Stack, Bidirectional)):
-        return module.hidden_size
-    raise TypeError(f"module must be a jaxrnn Cell, Stack or Bidirectional, got {type(module).__name__}")
+    _check_module(module, "module")
+    return int(module.hidden_size)
 
 
 def stack(layers, dropout: float = 0.0) -> Stack:
     """Stack recurrent layers (cells or bidirectional layers) into a multi-layer network.
 
     Args:
-      layers: a sequence of :class:`Cell` / :class:`Bidirectional`; layer ``i + 1`` reads
-        the outputs of layer ``i``.
+      layers: a sequence of cells (built-in or your own, see :class:`~jaxrnn.cells.Cell`)
+        and :class:`Bidirectional` layers; layer ``i + 1`` reads the outputs of layer ``i``.
       dropout: inverted-dropout rate between layers (applied when :func:`unroll` gets a
         ``key``).
 
@@ -134,8 +145,7 @@ def stack(layers, dropout: float = 0.0) -> Stack:
     if not layers:
         raise ValueError("layers must hold at least one layer, got an empty sequence")
     for i, layer in enumerate(layers):
-        if not isinstance(layer, (Cell, Bidirectional)):
-            raise TypeError(f"layers[{i}] must be a jaxrnn Cell or Bidirectional, got {type(layer).__name__}")
+        _check_module(layer, f"layers[{i}]")
     if not 0.0 <= float(dropout) < 1.0:
         raise ValueError(f"dropout must be in [0, 1), got {dropout}")
     return Stack(layers, float(dropout))
@@ -143,7 +153,8 @@ def stack(layers, dropout: float = 0.0) -> Stack:
 
 def bidirectional(forward: Cell, backward: Cell | None = None) -> Bidirectional:
     """A bidirectional layer: ``forward`` reads left to right, ``backward`` (default: a cell
-    of the same kind and size, with its own parameters) reads right to left.
+    of the same kind and size, with its own parameters) reads right to left. Either may
+    be a cell of your own.
 
     Example::
 
@@ -155,8 +166,8 @@ def bidirectional(forward: Cell, backward: Cell | None = None) -> Bidirectional:
       (2, 5, 16)
     """
     for name, c in (("forward", forward), ("backward", backward)):
-        if c is not None and not isinstance(c, Cell):
-            raise TypeError(f"{name} must be a jaxrnn Cell, got {type(c).__name__}")
+        if c is not None:
+            check_cell(c, name)
     return Bidirectional(forward, forward if backward is None else backward)
 
 
@@ -219,24 +230,34 @@ def _reverse_valid(x_tm: Array, lengths: Array | None) -> Array:
     return jnp.take_along_axis(x_tm, idx[..., None], axis=0)
 
 
-def _scan_cell(cell: Cell, params, xp: Array, carry, mask: Array | None, unroll: int, remat: Any):
-    """Scan ``cell.step`` over axis 0 of the projected inputs ``xp``; ``mask`` (T, *batch)."""
-    steps = xp.shape[0]
+def _hold(m_t: Array, new, old):
+    """``where(m_t, new, old)`` leaf by leaf; ``m_t`` has the batch shape, each leaf the
+    batch shape followed by any feature dimensions."""
+    def pick(n, o):
+        m = m_t.reshape(m_t.shape + (1,) * (n.ndim - m_t.ndim))
+        return jnp.where(m, n, o)
+
+    return jax.tree_util.tree_map(pick, new, old)
+
+
+def _scan_cell(fn, params, xs: Array, carry, mask: Array | None, unroll: int, remat: Any):
+    """Scan ``fn(params, carry, x_t) -> (carry, y_t)`` over axis 0 of ``xs``; ``mask``
+    ``(T, *batch)``: where False the carry is held and ``y_t`` is zero."""
+    steps = xs.shape[0]
 
     def body(c, inp):
-        xp_t, m_t = inp
-        new_c, y = cell.step(params, c, xp_t)
+        x_t, m_t = inp
+        new_c, y = fn(params, c, x_t)
         if m_t is not None:
-            m = m_t[..., None]
-            new_c = jax.tree_util.tree_map(lambda n, o: jnp.where(m, n, o), new_c, c)
-            y = jnp.where(m, y, jnp.zeros_like(y))
+            new_c = _hold(m_t, new_c, c)
+            y = _hold(m_t, y, jnp.zeros_like(y))
         return new_c, y
 
     block = _block_length(remat, steps)
     if block is None:
         if remat == "step":
             body = jax.checkpoint(body, prevent_cse=False)
-        return jax.lax.scan(body, carry, (xp, mask), unroll=unroll)
+        return jax.lax.scan(body, carry, (xs, mask), unroll=unroll)
 
     # Blocks of `block` steps: the outer scan keeps one carry per block; each block's
     # inner scan is recomputed in the backward pass.
@@ -244,25 +265,33 @@ def _scan_cell(cell: Cell, params, xp: Array, carry, mask: Array | None, unroll:
     pad = n_blocks * block - steps
     if pad:
         valid = jnp.arange(n_blocks * block) < steps
-        valid = valid.reshape((-1,) + (1,) * (xp.ndim - 2))
-        xp = jnp.concatenate([xp, jnp.zeros((pad,) + xp.shape[1:], xp.dtype)], axis=0)
+        valid = valid.reshape((-1,) + (1,) * (xs.ndim - 2))
+        xs = jnp.concatenate([xs, jnp.zeros((pad,) + xs.shape[1:], xs.dtype)], axis=0)
         if mask is None:
-            mask = jnp.broadcast_to(valid, (n_blocks * block,) + xp.shape[1:-1])
+            mask = jnp.broadcast_to(valid, (n_blocks * block,) + xs.shape[1:-1])
         else:
             mask = jnp.concatenate([mask, jnp.zeros((pad,) + mask.shape[1:], bool)], axis=0)
-    xp_b = xp.reshape((n_blocks, block) + xp.shape[1:])
+    xs_b = xs.reshape((n_blocks, block) + xs.shape[1:])
     mask_b = None if mask is None else mask.reshape((n_blocks, block) + mask.shape[1:])
 
     @jax.checkpoint
     def block_body(c, inp):
         return jax.lax.scan(body, c, inp, unroll=unroll)
 
-    carry, ys = jax.lax.scan(block_body, carry, (xp_b, mask_b))
+    carry, ys = jax.lax.scan(block_body, carry, (xs_b, mask_b))
     ys = ys.reshape((n_blocks * block,) + ys.shape[2:])
     return carry, ys[:steps]
 
 
-def _unroll_cell(cell: Cell, params, xs_tm: Array, carry, lengths, reverse: bool, unroll: int, remat):
+def _compute_dtype(xs_tm: Array, params) -> Any:
+    """The dtype a step computes in: ``xs`` promoted with the params' floating dtypes."""
+    floats = [p.dtype for p in jax.tree_util.tree_leaves(params)
+              if hasattr(p, "dtype") and jnp.issubdtype(p.dtype, jnp.floating)]
+    return jnp.result_type(xs_tm.dtype, *floats)
+
+
+def _builtin_carry(cell: Cell, params, xs_tm: Array, carry):
+    """Check a built-in cell's params and carry (rich messages); return the carry."""
     input_size = check_params(params, cell.kind, cell.hidden_size)
     if xs_tm.shape[-1] != input_size:
         raise ValueError(
@@ -272,42 +301,70 @@ def _unroll_cell(cell: Cell, params, xs_tm: Array, carry, lengths, reverse: bool
     batch = tuple(xs_tm.shape[1:-1])
     # The step computes in the promoted dtype of xs and the params (e.g. bfloat16 inputs
     # with float32 weights give a float32 state); the carry must already hold that dtype.
-    dtype = jnp.result_type(xs_tm.dtype, *(p.dtype for p in jax.tree_util.tree_leaves(params)))
+    dtype = _compute_dtype(xs_tm, params)
     if carry is None:
-        carry = cell.initial_carry(batch if batch else None, dtype)
-    else:
-        carry_batch = check_carry(carry, cell.kind, cell.hidden_size)
-        if carry_batch != batch:
-            raise ValueError(
-                f"carry has batch shape {shape_str(carry_batch)} but xs has batch shape "
-                f"{shape_str(batch)}; they must match"
+        return cell.initial_carry(batch if batch else None, dtype)
+    carry_batch = check_carry(carry, cell.kind, cell.hidden_size)
+    if carry_batch != batch:
+        raise ValueError(
+            f"carry has batch shape {shape_str(carry_batch)} but xs has batch shape "
+            f"{shape_str(batch)}; they must match"
+        )
+    for leaf in jax.tree_util.tree_leaves(carry):
+        if jnp.result_type(dtype, leaf.dtype) != leaf.dtype:
+            raise TypeError(
+                f"carry has dtype {leaf.dtype} but the step computes in {dtype} (xs is "
+                f"{xs_tm.dtype}, params['w_x'] is {params['w_x'].dtype}); pass a carry of dtype {dtype}"
             )
-        for leaf in jax.tree_util.tree_leaves(carry):
-            if jnp.result_type(dtype, leaf.dtype) != leaf.dtype:
-                raise TypeError(
-                    f"carry has dtype {leaf.dtype} but the step computes in {dtype} (xs is "
-                    f"{xs_tm.dtype}, params['w_x'] is {params['w_x'].dtype}); pass a carry of dtype {dtype}"
-                )
+    return carry
+
+
+def _user_carry(cell, params, xs_tm: Array, carry):
+    """Check a user cell's params, carry and one abstract step; return the carry."""
+    batch = tuple(xs_tm.shape[1:-1])
+    check_cell_params(cell, params, int(xs_tm.shape[-1]))
+    if carry is None:
+        carry = cell.initial_carry(batch if batch else None, _compute_dtype(xs_tm, params))
+    else:
+        check_cell_carry(cell, carry, batch)
+    check_apply(cell, params, carry, jax.ShapeDtypeStruct(xs_tm.shape[1:], xs_tm.dtype))
+    return carry
+
+
+def checked_carry(cell, params, xs_tm: Array, carry):
+    """Check ``cell``'s params and ``carry`` against time-major ``xs_tm`` (and, for a cell
+    of the user's own, trace one step abstractly); return the carry, zeros if ``None``."""
+    if is_builtin(cell):
+        return _builtin_carry(cell, params, xs_tm, carry)
+    return _user_carry(cell, params, xs_tm, carry)
+
+
+def _unroll_cell(cell, params, xs_tm: Array, carry, lengths, reverse: bool, unroll: int, remat):
+    builtin = is_builtin(cell)
+    carry = checked_carry(cell, params, xs_tm, carry)
     steps = xs_tm.shape[0]
+    batch = tuple(xs_tm.shape[1:-1])
     mask = None
     if lengths is not None:
         mask = jnp.arange(steps).reshape((steps,) + (1,) * len(batch)) < lengths
+        # Padded steps must have no effect, forward or backward: the step never reads
+        # what lies there (a NaN would otherwise come back as 0 * NaN through `where`).
+        xs_tm = jnp.where(mask[..., None], xs_tm, jnp.zeros((), xs_tm.dtype))
     if reverse:
         xs_tm = _reverse_valid(xs_tm, lengths)
-    if _fused.applies(cell, params, xs_tm, carry):
+    if builtin and _fused.applies(cell, params, xs_tm, carry):
         # Built-in cells: hand-written derivative, chunked projection (jaxrnn/fused.py).
         carry, ys = _fused.scan(cell, params, xs_tm, carry, mask, unroll, remat)
+    elif getattr(cell, "project", None) is not None and getattr(cell, "step", None) is not None:
+        carry, ys = _scan_cell(cell.step, params, cell.project(params, xs_tm), carry, mask, unroll, remat)
     else:
-        xp = cell.project(params, xs_tm)
-        carry, ys = _scan_cell(cell, params, xp, carry, mask, unroll, remat)
+        carry, ys = _scan_cell(cell.apply, params, xs_tm, carry, mask, unroll, remat)
     if reverse:
         ys = _reverse_valid(ys, lengths)
     return carry, ys
 
 
 def _unroll_tm(module: Module, params, xs_tm, carry, lengths, reverse, unroll, remat, key):
-    if isinstance(module, Cell):
-        return _unroll_cell(module, params, xs_tm, carry, lengths, reverse, unroll, remat)
     if isinstance(module, Bidirectional):
         if reverse:
             raise ValueError("reverse=True has no meaning for a Bidirectional layer (it already reads both ways)")
@@ -333,7 +390,7 @@ def _unroll_tm(module: Module, params, xs_tm, carry, lengths, reverse, unroll, r
             c, ys = _unroll_tm(layer, p, ys, c, lengths, reverse, unroll, remat, None)
             new_carry.append(c)
         return tuple(new_carry), ys
-    raise TypeError(f"cell must be a jaxrnn Cell, Stack or Bidirectional, got {type(module).__name__}")
+    return _unroll_cell(module, params, xs_tm, carry, lengths, reverse, unroll, remat)
 
 
 def unroll(
@@ -352,7 +409,9 @@ def unroll(
     """Run a recurrent module over a sequence with ``lax.scan``.
 
     Args:
-      cell: a :class:`~jaxrnn.cells.Cell`, :class:`Stack` or :class:`Bidirectional`.
+      cell: a cell (built-in or your own: any object with ``init``, ``initial_carry``,
+        ``apply`` and ``hidden_size``, see :class:`~jaxrnn.cells.Cell`), a :class:`Stack`
+        or a :class:`Bidirectional` layer.
       params: its parameters.
       xs: ``(batch, time, features)``; ``(time, batch, features)`` with
         ``time_major=True``; or ``(time, features)`` for one unbatched sequence.
@@ -361,7 +420,9 @@ def unroll(
       lengths: optional integer array of shape ``(batch,)`` (a scalar for an unbatched
         sequence): the number of valid steps in each row. After a row's last valid step
         the carry stops changing and the outputs are zero, so the final carry is the
-        state at step ``lengths[b] - 1``.
+        state at step ``lengths[b] - 1``. Padded steps have no effect at all: the step
+        reads zeros there, so whatever they hold (even NaN) changes neither the outputs
+        nor any gradient.
       reverse: read each row from its last valid step to its first. Outputs stay aligned
         with the inputs (``ys[:, t]`` belongs to ``xs[:, t]``), and the final carry is the
         state after reading step 0.
@@ -394,8 +455,7 @@ def unroll(
       >>> ys.shape, bool((ys[1, 3:] == 0).all())
       ((2, 7, 16), True)
     """
-    if not isinstance(cell, (Cell, Stack, Bidirectional)):
-        raise TypeError(f"cell must be a jaxrnn Cell, Stack or Bidirectional, got {type(cell).__name__}")
+    _check_module(cell, "cell")
     _check_xs(xs, time_major)
     if isinstance(unroll, bool) or not isinstance(unroll, int) or unroll < 1:
         raise ValueError(f"unroll must be a positive int, got {unroll!r}")

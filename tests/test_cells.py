@@ -11,13 +11,13 @@ from jax.test_util import check_grads
 
 import jaxrnn as jr
 
-KINDS = ("rnn_tanh", "rnn_relu", "lstm", "gru")
-GATES = {"rnn_tanh": 1, "rnn_relu": 1, "lstm": 4, "gru": 3}
+KINDS = ("rnn", "rnn_relu", "lstm", "gru")
+GATES = {"rnn": 1, "rnn_relu": 1, "lstm": 4, "gru": 3}
 
 
 def make_cell(kind, hidden_size):
     if kind.startswith("rnn"):
-        return jr.rnn(hidden_size, activation=kind[4:])
+        return jr.rnn(hidden_size, activation=("relu" if kind == "rnn_relu" else "tanh"))
     return {"lstm": jr.lstm, "gru": jr.gru}[kind](hidden_size)
 
 
@@ -46,7 +46,7 @@ def numpy_step(kind, p, carry, x):
     if kind.startswith("rnn"):
         h = np.asarray(carry, np.float64)
         pre = x @ p["w_x"] + p["b"] + h @ p["w_h"]
-        h2 = np.tanh(pre) if kind == "rnn_tanh" else np.maximum(pre, 0.0)
+        h2 = np.tanh(pre) if kind == "rnn" else np.maximum(pre, 0.0)
         return h2, h2
     if kind == "lstm":
         h, c = (np.asarray(a, np.float64) for a in carry)

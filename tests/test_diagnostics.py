@@ -15,13 +15,13 @@ F64 = jnp.float64
 HIDDEN = 5
 # One cell object per kind, so jitted functions below are traced once per kind.
 CELLS = {
-    "rnn_tanh": jr.rnn(HIDDEN, "tanh"),
+    "rnn": jr.rnn(HIDDEN, "tanh"),
     "rnn_relu": jr.rnn(HIDDEN, "relu"),
     "lstm": jr.lstm(HIDDEN),
     "gru": jr.gru(HIDDEN),
 }
 _JN = {k: jax.jit(functools.partial(dg.jacobian_norms, c)) for k, c in CELLS.items()}
-_BOUND = {k: jax.jit(functools.partial(dg.elman_bound, CELLS[k]), static_argnums=1) for k in ("rnn_tanh", "rnn_relu")}
+_BOUND = {k: jax.jit(functools.partial(dg.elman_bound, CELLS[k]), static_argnums=1) for k in ("rnn", "rnn_relu")}
 
 
 def _random_setup(kind, seed, inputs=3, steps=7, batch=None, w_scale=None):
@@ -45,7 +45,7 @@ def _random_setup(kind, seed, inputs=3, steps=7, batch=None, w_scale=None):
 # ----------------------------------------------------------------- bounds
 
 
-@pytest.mark.parametrize("kind", ["rnn_tanh", "rnn_relu"])
+@pytest.mark.parametrize("kind", ["rnn", "rnn_relu"])
 @pytest.mark.parametrize("w_scale", [0.5, 1.0, 1.7, 3.0])
 def test_elman_jacobian_products_never_exceed_bound(kind, w_scale):
     for seed in range(3):
@@ -75,12 +75,12 @@ def test_gated_products_below_step_bound(kind):
 
 
 def test_relative_gradients_below_products_and_bound():
-    cell, params, xs, carry = _random_setup("rnn_tanh", 4, steps=9, w_scale=1.3)
+    cell, params, xs, carry = _random_setup("rnn", 4, steps=9, w_scale=1.3)
     v = jax.random.normal(jax.random.key(9), (HIDDEN,), F64)
     loss_fn = lambda ys: jnp.tanh(ys @ v) ** 2  # noqa: E731  L_s reads step s only
     rel = jax.jit(dg.gradient_norms, static_argnums=(0, 3, 5))(cell, params, xs, loss_fn, carry, True)
-    jn = _JN["rnn_tanh"](params, xs, carry)
-    bound = _BOUND["rnn_tanh"](params, 9)
+    jn = _JN["rnn"](params, xs, carry)
+    bound = _BOUND["rnn"](params, 9)
     np.testing.assert_allclose(np.diagonal(rel), 1.0, rtol=1e-12)
     assert np.all(np.asarray(rel) <= np.asarray(jn.products) * (1 + 1e-9))
     assert np.all(np.asarray(rel) <= np.asarray(bound) * (1 + 1e-9))
@@ -137,7 +137,7 @@ def test_jacobian_products_match_direct_jacobian(kind):
             np.testing.assert_allclose(float(jn_fro.products[s, t]), np.linalg.norm(jac, "fro"), rtol=1e-10)
 
 
-@pytest.mark.parametrize("kind", ["rnn_tanh", "rnn_relu"])
+@pytest.mark.parametrize("kind", ["rnn", "rnn_relu"])
 def test_elman_step_jacobians_by_hand(kind):
     cell, params, xs, carry = _random_setup(kind, 2, steps=4)
     jac = dg.step_jacobians(cell, params, xs, carry)
@@ -145,12 +145,12 @@ def test_elman_step_jacobians_by_hand(kind):
     w_x, w_h, b = (np.asarray(params[k]) for k in ("w_x", "w_h", "b"))
     for k in range(4):
         z = np.asarray(xs[k]) @ w_x + b + h @ w_h
-        dphi = 1 - np.tanh(z) ** 2 if kind == "rnn_tanh" else (z > 0).astype(float)
+        dphi = 1 - np.tanh(z) ** 2 if kind == "rnn" else (z > 0).astype(float)
         np.testing.assert_allclose(np.asarray(jac[k]), np.diag(dphi) @ w_h.T, rtol=1e-12, atol=1e-14)
-        h = np.tanh(z) if kind == "rnn_tanh" else np.maximum(z, 0)
+        h = np.tanh(z) if kind == "rnn" else np.maximum(z, 0)
 
 
-@pytest.mark.parametrize("kind,batch", [("rnn_tanh", None), ("rnn_relu", 2), ("lstm", 2), ("gru", None)])
+@pytest.mark.parametrize("kind,batch", [("rnn", None), ("rnn_relu", 2), ("lstm", 2), ("gru", None)])
 def test_state_gradients_match_direct_grad(kind, batch):
     steps = 4
     cell, params, xs, carry = _random_setup(kind, 3, steps=steps, batch=batch)
@@ -259,7 +259,7 @@ def test_errors_name_the_argument():
     cell = jr.rnn(4)
     params = cell.init(jax.random.key(0), 2)
     xs = jnp.ones((5, 2), jnp.float32)
-    with pytest.raises(TypeError, match="cell must be a jaxrnn Cell"):
+    with pytest.raises(TypeError, match="cell must be a recurrent cell: an object with init, initial_carry, apply and hidden_size"):
         dg.jacobian_norms(object(), params, xs)
     with pytest.raises(ValueError, match="xs must have 2 features"):
         dg.jacobian_norms(cell, params, jnp.ones((5, 3), jnp.float32))

@@ -16,13 +16,13 @@ import pytest
 import jaxrnn as jr
 from jaxrnn import fused
 
-KINDS = ("lstm", "gru", "rnn_tanh", "rnn_relu")
+KINDS = ("lstm", "gru", "rnn", "rnn_relu")
 REMATS = (None, "step", "sqrt", 7)
 
 
 def make_cell(kind, hidden):
     if kind.startswith("rnn"):
-        return jr.rnn(hidden, activation=kind[4:])
+        return jr.rnn(hidden, activation=("relu" if kind == "rnn_relu" else "tanh"))
     return {"lstm": jr.lstm, "gru": jr.gru}[kind](hidden)
 
 
@@ -82,7 +82,7 @@ def assert_trees_close(a, b, rtol, atol):
 # Every remat mode runs on the LSTM and the GRU; the Elman cells (which share all code
 # but the cell maths with them) run the modes that exercise each of their functions.
 CASES = [(k, r) for k in ("lstm", "gru") for r in REMATS] + [
-    ("rnn_tanh", None), ("rnn_tanh", "step"), ("rnn_tanh", 7), ("rnn_relu", None), ("rnn_relu", "sqrt")]
+    ("rnn", None), ("rnn", "step"), ("rnn", 7), ("rnn_relu", None), ("rnn_relu", "sqrt")]
 
 
 @pytest.fixture(scope="module")
@@ -183,7 +183,7 @@ def test_forward_mode_and_second_order(monkeypatch):
 
 
 def test_vmap_over_params_and_jit(monkeypatch):
-    cell, params, carry, xs, _ = setup("rnn_tanh", 18, jnp.float64, seed=6)
+    cell, params, carry, xs, _ = setup("rnn", 18, jnp.float64, seed=6)
     stacked = jax.tree.map(lambda a: jnp.stack([a, 0.5 * a]), params)
 
     def per_params(p):
@@ -215,8 +215,13 @@ def test_applies_only_to_builtin_cells_with_one_dtype():
     assert fused.applies(cell, params, xs, carry)
     mixed = dict(params, w_h=params["w_h"].astype(jnp.float64))
     assert not fused.applies(cell, mixed, xs, carry)
-    custom = cell._replace(step=lambda p, c, x: cell.step(p, c, x))
+    # The fast path is chosen by the cell's explicit `fused` flag, never by how it looks.
+    custom = cell._replace(step=lambda p, c, x: cell.step(p, c, x), fused=False)
     assert not fused.applies(custom, params, xs, carry)
+    user = jr.Cell(init=cell.init, initial_carry=cell.initial_carry, apply=cell.apply, hidden_size=5)
+    assert not fused.applies(user, params, xs, carry)
+    with pytest.raises(ValueError, match=r"cell.fused is True but cell.kind='mine' has no fast path"):
+        fused.applies(cell._replace(kind="mine"), params, xs, carry)
     assert not fused.applies(cell, params, xs[:, :0], carry)
     # The generic path still serves the hand-made cell, with the same values.
     np.testing.assert_allclose(jr.unroll(custom, params, xs, carry)[1], jr.unroll(cell, params, xs, carry)[1],

@@ -123,7 +123,7 @@ def test_flax_step_optimizer_and_errors(nnx):
         RNN(cell, 4, rngs=nnx.Rngs(0), params=params)
     with pytest.raises(ValueError, match="pass input_size and rngs"):
         RNN(cell, 4)
-    with pytest.raises(TypeError, match="cell must be a jaxrnn Cell, Stack or Bidirectional"):
+    with pytest.raises(TypeError, match="cell must be a recurrent cell: an object with init, initial_carry, apply and hidden_size"):
         RNN("lstm", 4, rngs=nnx.Rngs(0))
     with pytest.raises(TypeError, match="step needs a Cell or a Stack"):
         RNN(jr.bidirectional(jr.gru(2)), 4, rngs=nnx.Rngs(0)).step(None, x)
@@ -180,7 +180,7 @@ def test_equinox_step_training_and_errors(eqx):
         RNN(jr.bidirectional(lstm), params={"forward": p, "backward": p}).step(None, x)
     with pytest.raises(ValueError, match="pass input_size and key"):
         RNN(cell, key=jax.random.key(0))
-    with pytest.raises(TypeError, match="cell must be a jaxrnn Cell"):
+    with pytest.raises(TypeError, match="cell must be a recurrent cell: an object with init, initial_carry, apply and hidden_size"):
         RNN(None, params=params)
     with pytest.raises(TypeError, match="params must be a pytree of arrays"):
         RNN(cell, params={"w_x": "not an array"})

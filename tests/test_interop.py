@@ -20,14 +20,14 @@ from jaxrnn import interop
 
 torch = pytest.importorskip("torch")
 
-KINDS = ("rnn_tanh", "rnn_relu", "lstm", "gru")
+KINDS = ("rnn", "rnn_relu", "lstm", "gru")
 RTOL = 2e-5
 
 
 def make_module(kind, input_size, hidden_size, seed=0, **kw):
     torch.manual_seed(seed)
     if kind.startswith("rnn"):
-        return torch.nn.RNN(input_size, hidden_size, nonlinearity=kind[4:], **kw)
+        return torch.nn.RNN(input_size, hidden_size, nonlinearity=("relu" if kind == "rnn_relu" else "tanh"), **kw)
     return {"lstm": torch.nn.LSTM, "gru": torch.nn.GRU}[kind](input_size, hidden_size, **kw)
 
 
@@ -164,7 +164,7 @@ def test_from_torch_layout(kind):
     m = make_module(kind, 3, 4, num_layers=2, bidirectional=True)
     params = interop.from_torch(m)
     assert isinstance(params, list) and len(params) == 2
-    g = {"rnn_tanh": 1, "rnn_relu": 1, "lstm": 4, "gru": 3}[kind]
+    g = {"rnn": 1, "rnn_relu": 1, "lstm": 4, "gru": 3}[kind]
     for layer, p_layer in enumerate(params):
         assert set(p_layer) == {"forward", "backward"}
         for d, name in enumerate(("forward", "backward")):
@@ -196,7 +196,7 @@ def test_from_torch_single_layer_shapes_and_dtypes():
     assert interop.cell_for(make_module("gru", 3, 4, bidirectional=True)).__class__ is jr.Bidirectional
     p64 = interop.from_torch(make_module("lstm", 3, 4).double())
     assert all(a.dtype == jnp.float64 for a in jax.tree.leaves(p64))
-    m16 = make_module("rnn_tanh", 3, 4).to(torch.bfloat16)
+    m16 = make_module("rnn", 3, 4).to(torch.bfloat16)
     p16 = interop.from_torch(m16)
     assert all(a.dtype == jnp.bfloat16 for a in jax.tree.leaves(p16))
     np.testing.assert_array_equal(np.asarray(p16["w_x"], np.float32), t2n(m16.weight_ih_l0.float()).T)
@@ -233,7 +233,7 @@ def test_roundtrip_to_torch_then_outputs_match(kind):
 def test_single_step_cell_modules(kind):
     torch.manual_seed(0)
     if kind.startswith("rnn"):
-        m = torch.nn.RNNCell(3, 4, nonlinearity=kind[4:])
+        m = torch.nn.RNNCell(3, 4, nonlinearity=("relu" if kind == "rnn_relu" else "tanh"))
     else:
         m = {"lstm": torch.nn.LSTMCell, "gru": torch.nn.GRUCell}[kind](3, 4)
     cell = interop.cell_for(m)
@@ -249,7 +249,7 @@ def test_single_step_cell_modules(kind):
     for a, b in zip(out if kind == "lstm" else [out], out_t if kind == "lstm" else [out_t]):
         assert rel_err(t2n(a), t2n(b)) < RTOL
     # and back: to_torch into a fresh cell module reproduces the params
-    m2 = type(m)(3, 4, **({"nonlinearity": kind[4:]} if kind.startswith("rnn") else {}))
+    m2 = type(m)(3, 4, **({"nonlinearity": ("relu" if kind == "rnn_relu" else "tanh")} if kind.startswith("rnn") else {}))
     p = interop.from_torch(interop.to_torch(interop.from_torch(m), m2))
     for a, b in zip(jax.tree.leaves(p), jax.tree.leaves(interop.from_torch(m))):
         np.testing.assert_array_equal(a, b)
@@ -307,7 +307,7 @@ def test_rejects_other_modules():
 
 def test_to_torch_rejects_mismatched_params():
     lstm_m = make_module("lstm", 3, 4)
-    rnn_params = interop.from_torch(make_module("rnn_tanh", 3, 4))
+    rnn_params = interop.from_torch(make_module("rnn", 3, 4))
     with pytest.raises(ValueError, match=r"params\['w_x'\] must have shape \(3, 16\).*got \(3, 4\)"):
         interop.to_torch(rnn_params, lstm_m)
     gru_params = interop.from_torch(make_module("gru", 3, 4))

@@ -12,12 +12,12 @@ from jax.test_util import check_grads
 
 import jaxrnn as jr
 
-KINDS = ("rnn_tanh", "rnn_relu", "lstm", "gru")
+KINDS = ("rnn", "rnn_relu", "lstm", "gru")
 
 
 def make_cell(kind, hidden_size):
     if kind.startswith("rnn"):
-        return jr.rnn(hidden_size, activation=kind[4:])
+        return jr.rnn(hidden_size, activation=("relu" if kind == "rnn_relu" else "tanh"))
     return {"lstm": jr.lstm, "gru": jr.gru}[kind](hidden_size)
 
 
@@ -389,7 +389,7 @@ def test_error_module_structure():
     bi = jr.bidirectional(jr.gru(4))
     with pytest.raises(TypeError, match=r"params of a Bidirectional layer must be a dict with keys \['backward', 'forward'\], got \['b', 'b_hn', 'w_h', 'w_x'\]"):
         jr.unroll(bi, params[0], xs)
-    with pytest.raises(TypeError, match=r"cell must be a jaxrnn Cell, Stack or Bidirectional, got function"):
+    with pytest.raises(TypeError, match=r"cell must be a recurrent cell: an object with init, initial_carry, apply and hidden_size.*got a function"):
         jr.unroll(lambda: None, params, xs)
 
 

@@ -6,7 +6,8 @@ dependency; import the one you use explicitly::
     from jaxrnn.integrations.flax_nnx import RNN      # pip install "jaxrnn[flax]"
     from jaxrnn.integrations.equinox import RNN       # pip install "jaxrnn[equinox]"
 
-Both hold the parameters in jaxrnn's own layout (``{"w_x", "w_h", "b"}``, a list per
+Both hold any cell (built-in or your own, see :class:`jaxrnn.Cell`), stack or
+bidirectional layer, and the parameters in jaxrnn's own layout (``{"w_x", "w_h", "b"}``, a list per
 stacked layer, ``{"forward", "backward"}`` for a bidirectional layer) and run them with
 the plain functions (:func:`jaxrnn.unroll`, ``cell.apply``), so outputs and gradients
 are exactly those of the functional API.
@@ -19,7 +20,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from jaxrnn.cells import Cell
+from jaxrnn.cells import check_cell
 from jaxrnn.unroll import Bidirectional, Stack
 
 __all__: list[str] = []
@@ -27,8 +28,8 @@ __all__: list[str] = []
 
 def _initial_params(cell: Any, input_size: Any, key: Any, params: Any, dtype: Any, key_name: str):
     """Check the constructor arguments shared by the wrappers; return the params pytree."""
-    if not isinstance(cell, (Cell, Stack, Bidirectional)):
-        raise TypeError(f"cell must be a jaxrnn Cell, Stack or Bidirectional, got {type(cell).__name__}")
+    if not isinstance(cell, (Stack, Bidirectional)):
+        check_cell(cell, "cell")
     if params is not None:
         if input_size is not None or key is not None:
             raise ValueError(f"pass either params, or input_size and {key_name}, not both")
