@@ -33,6 +33,7 @@ def _load(name):
         ("tagging", None),
         ("generate", None),
         ("seq2seq", None),
+        ("custom_cell", None),
         ("flax_classify", "flax"),
         ("equinox_classify", "equinox"),
     ],

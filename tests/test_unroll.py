@@ -408,3 +408,45 @@ def test_error_options():
     with pytest.raises(ValueError, match=r"reverse=True has no meaning for a Bidirectional layer"):
         bi = jr.bidirectional(cell)
         jr.unroll(bi, random_params(bi, 3, np.random.default_rng(0)), xs, reverse=True)
+
+
+# --------------------------------------------------------------------------- padding and seeds
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_nan_padding_changes_no_gradient(kind):
+    """Whatever the padding after `lengths` holds (NaN, Inf), outputs and every gradient
+    equal those with zeros there: fast path and generic path, every remat mode, reverse."""
+    cell = make_cell(kind, 4)
+    rng = np.random.default_rng(0)
+    params = random_params(cell, 3, rng)
+    carry = random_carry(cell, (3,), rng)
+    xs = jnp.asarray(rng.normal(size=(3, 9, 3)), jnp.float32)
+    lengths = jnp.array([9, 4, 0])
+    pad = jnp.arange(9)[None, :, None] >= lengths[:, None, None]
+    clean = jnp.where(pad, 0.0, xs)
+    poisoned = jnp.where(pad, jnp.where(jnp.arange(3) % 2 == 0, jnp.nan, jnp.inf), xs)
+    generic = cell._replace(fused=False)
+    for c in (cell, generic):
+        for remat in (None, "step", 2, "sqrt"):
+            for reverse in (False, True):
+                def loss(p, x, c0, c=c, remat=remat, reverse=reverse):
+                    cT, ys = jr.unroll(c, p, x, c0, lengths=lengths, remat=remat, reverse=reverse)
+                    return jnp.sum(ys ** 2) + sum(jnp.sum(v) for v in jax.tree.leaves(cT))
+
+                g = jax.jit(jax.grad(loss, argnums=(0, 1, 2)))
+                want, got = g(params, clean, carry), g(params, poisoned, carry)
+                for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
+                    assert np.all(np.isfinite(np.asarray(a))), (kind, c.fused, remat, reverse)
+                    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_init_takes_an_int_seed():
+    for cell in (jr.lstm(4), jr.gru(4), jr.rnn(4), jr.stack([jr.gru(4), jr.lstm(3)]), jr.bidirectional(jr.rnn(2))):
+        a, b = cell.init(7, 3), cell.init(jax.random.key(7), 3)
+        for u, v in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+            np.testing.assert_array_equal(np.asarray(u), np.asarray(v))
+    with pytest.raises(TypeError, match=r"key must be an int seed or a PRNG key \(jax.random.key\(seed\)\), got str"):
+        jr.lstm(4).init("0", 3)
+    with pytest.raises(TypeError, match=r"key must be an int seed or a PRNG key .*got an array of dtype float32 and shape \(2,\)"):
+        jr.gru(4).init(jnp.zeros(2, jnp.float32), 3)
