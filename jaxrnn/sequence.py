@@ -377,45 +377,19 @@ def one_to_many(
     if carry is None:
         carry = cell.initial_carry(batch, x0.dtype)
 
-    # ---- feedback=None: a fixed input after the first step.
     if feedback is None:
         if targets is not None:
             raise ValueError("targets (teacher forcing) need a feedback ('argmax', 'output' or a callable); got feedback=None")
-        if next_input is None:
-            rest = jnp.zeros((batch, num_steps - 1, input_size), x0.dtype)
-        else:
-            check_floating("next_input", next_input)
-            if next_input.shape not in ((input_size,), (batch, input_size)):
-                raise ValueError(
-                    f"next_input must have shape ({input_size},) or ({batch}, {input_size}) to match x0, "
-                    f"got {shape_str(next_input.shape)}"
-                )
-            ni = next_input.astype(x0.dtype)
-            ni = ni if ni.ndim == 1 else ni[:, None, :]
-            rest = jnp.broadcast_to(ni, (batch, num_steps - 1, input_size))
-        xs = jnp.concatenate([x0[:, None, :], rest], axis=1)
-        carry, ys = _unroll(cell, params, xs, carry)
-        return carry, _apply_readout(readout, ys)
+        return _fixed_input(cell, params, x0, num_steps, carry, readout, next_input)
     if next_input is not None:
         raise ValueError("next_input is only read with feedback=None; with a feedback the next input comes from the prediction")
-
     if embed_fn is None:
         if feedback == "argmax":
             embed_fn = lambda ids: jax.nn.one_hot(ids, input_size, dtype=x0.dtype)  # noqa: E731
         else:
             embed_fn = lambda p: p  # noqa: E731
+    embed = _checked_embed(embed_fn, x0, num_steps)
 
-    def embed(p, what):
-        x = embed_fn(p)
-        if not hasattr(x, "shape") or tuple(x.shape) != tuple(p.shape[:1 if what == "step" else 2]) + (input_size,):
-            want = f"({batch}, {input_size})" if what == "step" else f"({batch}, {num_steps - 1}, {input_size})"
-            got = shape_str(x.shape) if hasattr(x, "shape") else type(x).__name__
-            raise ValueError(
-                f"embed_fn must map predictions to inputs of x0's size: expected {want}, got {got}"
-            )
-        return x.astype(x0.dtype)
-
-    # ---- teacher forcing arguments.
     ratio = teacher_forcing
     if _is_static_number(ratio):
         if not 0.0 <= float(ratio) <= 1.0:
@@ -428,17 +402,64 @@ def one_to_many(
         _check_targets(targets, batch, num_steps, feedback)
         if _is_static_number(ratio) and float(ratio) == 0.0:
             targets = None  # free running; the targets are not read
-    if targets is not None and not (_is_static_number(ratio) and float(ratio) == 1.0) and key is None:
-        raise ValueError("key is required for teacher_forcing strictly between 0 and 1 (scheduled sampling), got None")
-
-    # ---- full teacher forcing: the inputs are known, one unroll.
     if targets is not None and _is_static_number(ratio) and float(ratio) == 1.0:
-        rest = embed(targets[:, : num_steps - 1], "sequence")
-        xs = jnp.concatenate([x0[:, None, :], rest], axis=1)
-        carry, ys = _unroll(cell, params, xs, carry)
-        return carry, _apply_readout(readout, ys)
+        return _teacher_forced(cell, params, x0, num_steps, carry, readout, embed, targets)
+    if targets is not None and key is None:
+        raise ValueError("key is required for teacher_forcing strictly between 0 and 1 (scheduled sampling), got None")
+    return _free_running(cell, params, x0, num_steps, carry, readout, feedback, embed, targets, ratio, key)
 
-    # ---- free running (optionally mixed with targets): scan over cell.apply.
+
+def _fixed_input(cell, params, x0: Array, num_steps: int, carry, readout, next_input):
+    """``feedback=None``: ``x0``, then ``next_input`` (default zeros): one unroll."""
+    batch, input_size = x0.shape
+    if next_input is None:
+        rest = jnp.zeros((batch, num_steps - 1, input_size), x0.dtype)
+    else:
+        check_floating("next_input", next_input)
+        if next_input.shape not in ((input_size,), (batch, input_size)):
+            raise ValueError(
+                f"next_input must have shape ({input_size},) or ({batch}, {input_size}) to match x0, "
+                f"got {shape_str(next_input.shape)}"
+            )
+        ni = next_input.astype(x0.dtype)
+        ni = ni if ni.ndim == 1 else ni[:, None, :]
+        rest = jnp.broadcast_to(ni, (batch, num_steps - 1, input_size))
+    xs = jnp.concatenate([x0[:, None, :], rest], axis=1)
+    carry, ys = _unroll(cell, params, xs, carry)
+    return carry, _apply_readout(readout, ys)
+
+
+def _checked_embed(embed_fn: Callable, x0: Array, num_steps: int) -> Callable:
+    """``embed(p, what)``: ``embed_fn(p)`` checked to give inputs of ``x0``'s size, for one
+    step (``what="step"``) or for the whole teacher sequence (``"sequence"``)."""
+    batch, input_size = x0.shape
+
+    def embed(p, what):
+        x = embed_fn(p)
+        if not hasattr(x, "shape") or tuple(x.shape) != tuple(p.shape[:1 if what == "step" else 2]) + (input_size,):
+            want = f"({batch}, {input_size})" if what == "step" else f"({batch}, {num_steps - 1}, {input_size})"
+            got = shape_str(x.shape) if hasattr(x, "shape") else type(x).__name__
+            raise ValueError(
+                f"embed_fn must map predictions to inputs of x0's size: expected {want}, got {got}"
+            )
+        return x.astype(x0.dtype)
+
+    return embed
+
+
+def _teacher_forced(cell, params, x0: Array, num_steps: int, carry, readout, embed, targets):
+    """Full teacher forcing: the inputs are known up front, one unroll."""
+    rest = embed(targets[:, : num_steps - 1], "sequence")
+    xs = jnp.concatenate([x0[:, None, :], rest], axis=1)
+    carry, ys = _unroll(cell, params, xs, carry)
+    return carry, _apply_readout(readout, ys)
+
+
+def _free_running(cell, params, x0: Array, num_steps: int, carry, readout, feedback, embed, targets, ratio, key):
+    """Each prediction fed back (mixed with the targets at rate ``ratio``): a ``lax.scan``
+    over ``cell.apply``."""
+    batch = x0.shape[0]
+
     def predict(out):
         if feedback == "argmax":
             return jnp.argmax(out, axis=-1)
