@@ -6,6 +6,11 @@
 * :func:`interleaved`: timing of several competitors in one process, in interleaved
   rounds, with the median of per-round ratios (robust to a shared, noisy machine).
 * :func:`write_results`: ``<name>.md`` and ``<name>.json`` under the output folder.
+* :func:`output_dir`: where a run writes (``--quick`` runs never write into the
+  recorded ``benchmarks/results``).
+* :func:`corpus_file`: the text corpus of the language-model benchmarks (the shared
+  Shakespeare file where this checkout has one, else the Python standard library's
+  source, which every clone has).
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ import os
 import platform
 import statistics
 import sys
+import tempfile
 import time
 from typing import Callable
 
@@ -24,6 +30,53 @@ if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
 RESULTS = os.path.join(ROOT, "benchmarks", "results")
+#: The corpus of the recorded language-model runs; it lives beside the project's
+#: development checkout (``../shared/corpora``), not in a clone of the repository.
+SHARED_CORPUS = os.path.normpath(os.path.join(ROOT, "..", "shared", "corpora", "shakespeare.txt"))
+
+
+def output_dir(out: str | None, quick: bool, script: str) -> str:
+    """The folder a run writes to: ``out`` when given; else ``benchmarks/results`` for a
+    full run and a fresh temporary folder for ``--quick`` (a smoke run must never
+    overwrite the recorded results)."""
+    if out is not None:
+        return out
+    if not quick:
+        return RESULTS
+    path = tempfile.mkdtemp(prefix=f"jaxrnn_{script}_quick_")
+    print(f"--quick: writing to {path} (pass --out DIR to choose)", flush=True)
+    return path
+
+
+def corpus_file(path: str | None = None, max_chars: int = 2_000_000) -> str:
+    """A plain-text corpus file for the language-model benchmarks.
+
+    ``path`` when given; else :data:`SHARED_CORPUS` when it exists; else the Python
+    standard library's source (``jaxrnn.corpus.default_corpus_files``, at most
+    ``max_chars`` bytes) written once to a file in the temporary folder, so that the
+    scripts also run in a clean clone. The recorded results name the corpus they used.
+    """
+    if path is not None:
+        return os.path.abspath(path)
+    if os.path.exists(SHARED_CORPUS):
+        return SHARED_CORPUS
+    import jaxrnn as jr
+
+    root, files = jr.corpus.default_corpus_files(max_chars)
+    dest = os.path.join(tempfile.gettempdir(), f"jaxrnn_stdlib_corpus_{platform.python_version()}_{max_chars}.txt")
+    if not os.path.exists(dest):
+        parts = []
+        for rel in files:
+            try:
+                parts.append(jr.corpus.read_text(root / rel))
+            except ValueError:  # not UTF-8 or empty: load_default skips it too
+                continue
+        tmp = dest + f".{os.getpid()}.tmp"
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write("".join(parts))
+        os.replace(tmp, dest)
+    print(f"{SHARED_CORPUS} not found: using the standard library's source ({dest})", flush=True)
+    return dest
 
 
 def _cpu_model() -> str:

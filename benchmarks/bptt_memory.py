@@ -45,7 +45,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from _common import RESULTS, command_line, header_markdown, machine_info, write_results  # noqa: E402
+from _common import command_line, header_markdown, machine_info, output_dir, write_results  # noqa: E402
 
 FULL_LENGTHS = (128, 256, 512, 1024, 2048, 4096, 8192, 16384)
 QUICK_LENGTHS = (512, 2048)
@@ -66,7 +66,7 @@ def parse_args(argv=None):
     p.add_argument("--input", type=int, default=64)
     p.add_argument("--hidden", type=int, default=256)
     p.add_argument("--segments", type=int, nargs="+", default=list(SEGMENTS), help="TBPTT segment lengths T")
-    p.add_argument("--out", default=RESULTS, help="output folder (default benchmarks/results)")
+    p.add_argument("--out", default=None, help="output folder (default: benchmarks/results; a new temporary folder with --quick)")
     return p.parse_args(argv)
 
 
@@ -140,6 +140,7 @@ def run_device_peak(compiled, state, x, y):
 
 def main(argv=None):
     args = parse_args(argv)
+    args.out = output_dir(args.out, args.quick, "bptt_memory")
     import jax
     import jax.numpy as jnp
 

@@ -28,7 +28,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from _common import RESULTS, command_line, header_markdown, machine_info, write_results  # noqa: E402
+from _common import command_line, header_markdown, machine_info, output_dir, write_results  # noqa: E402
 
 FULL_LENGTHS = (128, 512, 2048, 8192)
 QUICK_LENGTHS = (128, 8192)
@@ -41,7 +41,7 @@ def parse_args(argv=None):
     p.add_argument("--quick", action="store_true", help="L = 128 and 8192, remat=None only, 2 repeats")
     p.add_argument("--lengths", type=int, nargs="+", default=None)
     p.add_argument("--repeats", type=int, default=None, help="compiles per (L, remat) (default 5, quick 2)")
-    p.add_argument("--out", default=RESULTS, help="output folder (default benchmarks/results)")
+    p.add_argument("--out", default=None, help="output folder (default: benchmarks/results; a new temporary folder with --quick)")
     return p.parse_args(argv)
 
 
@@ -79,6 +79,7 @@ def compile_once(L, remat, B=32, I=128, H=256):
 
 def main(argv=None):
     args = parse_args(argv)
+    args.out = output_dir(args.out, args.quick, "compile_time")
     lengths = args.lengths or (QUICK_LENGTHS if args.quick else FULL_LENGTHS)
     repeats = args.repeats or (2 if args.quick else 5)
     remats = {"remat=None": None} if args.quick else REMATS

@@ -40,7 +40,7 @@ import jax.numpy as jnp  # noqa: E402
 import optax  # noqa: E402
 
 import jaxrnn as jr  # noqa: E402
-from tbptt_horizon import machine_header  # noqa: E402
+from _common import machine_info, output_dir  # noqa: E402
 
 CELLS = {
     "tanh RNN": lambda h: jr.rnn(h, "tanh"),
@@ -129,8 +129,9 @@ def main(argv=None):
     p.add_argument("--explode-updates", type=int, default=None, help="updates per exploding run (default 300; 100 quick)")
     p.add_argument("--explode-seq-len", type=int, default=50, help="sequence length of the exploding runs (default 50)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "results"))
+    p.add_argument("--out", default=None, help="output folder (default: benchmarks/results; a new temporary folder with --quick)")
     args = p.parse_args(argv)
+    args.out = output_dir(args.out, args.quick, "gradient_flow")
     if args.updates is None:
         args.updates = 100 if args.quick else 1000
     if args.explode_updates is None:
@@ -141,7 +142,7 @@ def main(argv=None):
 
     from tqdm import tqdm
 
-    header = machine_header()
+    header = machine_info()
     key = jax.random.key(args.seed)
     k_diag, k_train, k_init, k_explode = jax.random.split(key, 4)
     diag = jr.tasks.delayed_recall(k_diag, args.diag_seqs, args.seq_len, args.lag, args.symbols)
@@ -273,10 +274,10 @@ def main(argv=None):
     lines = [
         "# Gradient flow through time",
         "",
-        f"Machine: {header['cpu']}, {header['cores']} cores ({header['backend']}); python {v['python']}, "
+        f"Machine: {header['cpu']}, {header['cores']} cores ({header['jax_backend']}); python {v['python']}, "
         f"jax {v['jax']}, jaxlib {v.get('jaxlib', '?')}, optax {v['optax']}, torch {v['torch']}; {header['date']}.",
         f"Command: `python benchmarks/gradient_flow.py{' --quick' if args.quick else ''}`; seed {args.seed}; "
-        f"wall time {wall:.0f} s (1-min load average at start: {header['load_average_1min_at_start']:.1f}).",
+        f"wall time {wall:.0f} s (1-min load average at start: {header['load_average_1_5_15'][0]:.1f}).",
         "",
         f"Cells of H={args.hidden}; training: delayed recall (lag {args.lag}, {args.symbols} symbols, sequences of "
         f"{args.seq_len}), {args.updates} full-BPTT updates (`jr.bptt.make_step`), Adam 3e-3 behind "

@@ -55,8 +55,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 sys.path.insert(0, HERE)
 
-from _common import cpu_counters, machine_info, pin_to_one_cpu  # noqa: E402
-DEFAULT_CORPUS = os.path.join(ROOT, "..", "shared", "corpora", "shakespeare.txt")
+from _common import corpus_file, cpu_counters, machine_info, output_dir, pin_to_one_cpu  # noqa: E402
 
 
 # --------------------------------------------------------------------------- helpers
@@ -341,7 +340,8 @@ def report(out: str, name: str, s: dict, info: dict) -> dict:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
-    p.add_argument("--corpus", default=DEFAULT_CORPUS)
+    p.add_argument("--corpus", default=None,
+                   help="plain-text file (default: ../shared/corpora/shakespeare.txt, else the Python standard library's source)")
     p.add_argument("--steps", type=int, default=1500)
     p.add_argument("--hidden", type=int, default=256)
     p.add_argument("--embed", type=int, default=64)
@@ -357,13 +357,14 @@ def main(argv=None) -> int:
                    help="torch.set_num_threads for the full PyTorch run (default: PyTorch's own choice)")
     p.add_argument("--speed-rounds", type=int, default=0, help="interleaved throughput rounds (0: none)")
     p.add_argument("--speed-steps", type=int, default=40)
-    p.add_argument("--out", default=os.path.join(HERE, "results"))
+    p.add_argument("--out", default=None, help="output folder (default: benchmarks/results; a new temporary folder with --quick)")
     p.add_argument("--name", default="lm_shakespeare_char")
     p.add_argument("--work", default=os.path.join("/tmp", "jaxrnn_lm_compare"), help="scratch space (checkpoints)")
     p.add_argument("--quick", action="store_true", help="300k characters, hidden 64, 40 steps, 1 speed round")
     p.add_argument("--speed-probe", choices=sorted(VARIANTS), help=argparse.SUPPRESS)
     p.add_argument("--settings", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
+    args.out = output_dir(args.out, args.quick, "lm_compare")
 
     if args.speed_probe:  # internal: one timing in a fresh process
         s = json.loads(args.settings)
@@ -373,7 +374,7 @@ def main(argv=None) -> int:
     name = args.name + ("_quick" if args.quick else "")
     os.makedirs(args.out, exist_ok=True)
     os.makedirs(args.work, exist_ok=True)
-    corpus = os.path.abspath(args.corpus)
+    corpus = corpus_file(args.corpus)
     s = {"corpus": corpus, "cell": "lstm", "layers": 1, "hidden": args.hidden, "embed": args.embed,
          "batch_size": args.batch_size, "seq_len": args.seq_len, "steps": args.steps, "lr": args.lr,
          "clip": args.clip, "seed": args.seed, "eval_every": args.eval_every}

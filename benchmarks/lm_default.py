@@ -24,17 +24,19 @@ import sys
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 
-from lm_compare import machine, run_logged  # noqa: E402
+from _common import machine_info, output_dir  # noqa: E402
+from lm_compare import run_logged  # noqa: E402
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
-    p.add_argument("--out", default=os.path.join(HERE, "results"))
+    p.add_argument("--out", default=None, help="output folder (default: benchmarks/results; a new temporary folder with --quick)")
     p.add_argument("--name", default="lm_default")
     p.add_argument("--work", default=os.path.join("/tmp", "jaxrnn_lm_default"))
     p.add_argument("--quick", action="store_true")
     args = p.parse_args(argv)
+    args.out = output_dir(args.out, args.quick, "lm_default")
     name = args.name + ("_quick" if args.quick else "")
     run_dir = os.path.join(args.work, name)
     shutil.rmtree(run_dir, ignore_errors=True)
@@ -43,7 +45,7 @@ def main(argv=None) -> int:
     cmd = [sys.executable, "-m", "jaxrnn.cli", "train", "--out", run_dir, "--no-progress"]
     if args.quick:
         cmd += ["--steps", "20"]
-    info = machine()
+    info = machine_info()
     proc = run_logged(cmd, os.path.join(dest, "log.txt"))
     for fname in ("metrics.json", "curves.png", "sample.txt"):
         shutil.copy(os.path.join(run_dir, fname), os.path.join(dest, fname))

@@ -42,7 +42,8 @@ import sys
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 
-from lm_compare import DEFAULT_CORPUS, ROOT, machine, run_logged  # noqa: E402
+from _common import ROOT, corpus_file, machine_info, output_dir  # noqa: E402
+from lm_compare import run_logged  # noqa: E402
 
 WORD = re.compile(r"[a-z]+(?:'[a-z]+)*|[0-9]+")
 
@@ -137,19 +138,22 @@ def render(args, name: str, dest: str, summary_path: str) -> None:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
-    p.add_argument("--corpus", default=DEFAULT_CORPUS)
+    p.add_argument("--corpus", default=None,
+                   help="plain-text file (default: ../shared/corpora/shakespeare.txt, else the Python standard library's source)")
     p.add_argument("--hidden", type=int, default=256, help="hidden = embed size of both layers")
     p.add_argument("--steps", type=int, default=2000)
     p.add_argument("--lr", type=float, default=2e-3)
     p.add_argument("--dropout", type=float, default=0.5)
     p.add_argument("--tie", action="store_true", help="tie the output weights to the embedding")
     p.add_argument("--eval-every", type=int, default=500)
-    p.add_argument("--out", default=os.path.join(HERE, "results"))
+    p.add_argument("--out", default=None, help="output folder (default: benchmarks/results; a new temporary folder with --quick)")
     p.add_argument("--name", default="lm_word_shakespeare")
     p.add_argument("--work", default=os.path.join("/tmp", "jaxrnn_lm_word"))
     p.add_argument("--quick", action="store_true", help="first 20,000 lines, hidden 64, 40 steps")
     p.add_argument("--report-only", action="store_true", help="rewrite NAME.md from the saved results")
     args = p.parse_args(argv)
+    args.out = output_dir(args.out, args.quick, "lm_word")
+    args.corpus = corpus_file(args.corpus)
     name = args.name + ("_quick" if args.quick else "")
     limit = None
     if args.quick:
@@ -171,7 +175,7 @@ def main(argv=None) -> int:
         settings.append("--tie")
     summary_path = os.path.join(args.out, name + ".json")
     if not args.report_only:
-        info = machine()
+        info = machine_info()
         proc = run_logged([sys.executable, "-m", "jaxrnn.cli", "train", *settings, "--out", run_dir, "--no-progress"],
                           os.path.join(dest, "log.txt"))
         for fname in ("metrics.json", "curves.png", "sample.txt"):

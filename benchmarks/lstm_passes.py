@@ -36,7 +36,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from _common import (RESULTS, command_line, header_markdown, interleaved, machine_info,  # noqa: E402
+from _common import (command_line, output_dir, header_markdown, interleaved, machine_info,  # noqa: E402
                      pin_to_one_cpu, timer, write_results)
 
 
@@ -49,7 +49,7 @@ def parse_args(argv=None):
     p.add_argument("--reps", type=int, default=10, help="calls per competitor per round")
     p.add_argument("--one-core", action="store_true", help="pin the process to one CPU before timing")
     p.add_argument("--quick", action="store_true", help="small shape, 3 rounds")
-    p.add_argument("--out", default=RESULTS, help="output folder (default benchmarks/results)")
+    p.add_argument("--out", default=None, help="output folder (default: benchmarks/results; a new temporary folder with --quick)")
     return p.parse_args(argv)
 
 
@@ -100,6 +100,7 @@ def torch_runners(B, T, I, H, threads):
 
 def main(argv=None):
     args = parse_args(argv)
+    args.out = output_dir(args.out, args.quick, "lstm_passes")
     if args.one_core:
         pin_to_one_cpu()
     B, T, I, H = args.shape or ((8, 16, 16, 32) if args.quick else (32, 64, 64, 256))

@@ -24,7 +24,7 @@ scaling.
 Usage::
 
     python benchmarks/scaling.py            # LSTM 256, B=64, T=64; several minutes on 2 cores
-    python benchmarks/scaling.py --quick    # LSTM 128, B=32, T=32; about a minute
+    python benchmarks/scaling.py --quick    # LSTM 128, B=32, T=32, 1 and 2 devices; a smoke run
 
 Writes ``scaling.{md,json}`` (``scaling_quick.{md,json}`` with ``--quick``) to ``--out``
 (default ``benchmarks/results``). Reads the text from ``--corpus`` (default the shared
@@ -54,22 +54,17 @@ import jax  # noqa: E402
 import optax  # noqa: E402
 
 import jaxrnn as jr  # noqa: E402
-from _common import machine_info  # noqa: E402
+from _common import corpus_file, machine_info, output_dir  # noqa: E402
 
-SHAKESPEARE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "shared", "corpora", "shakespeare.txt")
 
 
 def load_tokens(path: str | None, limit: int) -> tuple[np.ndarray, int, str]:
-    if path is None and os.path.exists(SHAKESPEARE):
-        path = SHAKESPEARE
-    if path is not None:
-        with open(path, encoding="utf-8") as f:
-            text = f.read(limit)
-        chars = sorted(set(text))
-        lookup = {c: i for i, c in enumerate(chars)}
-        return np.array([lookup[c] for c in text], np.int32), len(chars), path
-    corpus = jr.corpus.load_default(level="char")
-    return np.asarray(corpus.train[:limit], np.int32), corpus.vocab.size, corpus.description
+    path = corpus_file(path)
+    with open(path, encoding="utf-8") as f:
+        text = f.read(limit)
+    chars = sorted(set(text))
+    lookup = {c: i for i, c in enumerate(chars)}
+    return np.array([lookup[c] for c in text], np.int32), len(chars), path
 
 
 class Run:
@@ -116,14 +111,17 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true", help="smaller model and fewer steps (about a minute)")
     p.add_argument("--corpus", default=None, help="text file (default: the shared Shakespeare file or stdlib source)")
-    p.add_argument("--devices", default="1,2,4,8", help="device counts to measure (default 1,2,4,8)")
-    p.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "results"))
+    p.add_argument("--devices", default=None, help="device counts to measure (default 1,2,4,8; 1,2 with --quick)")
+    p.add_argument("--out", default=None, help="output folder (default: benchmarks/results; a new temporary folder with --quick)")
     args = p.parse_args(argv)
+    args.out = output_dir(args.out, args.quick, "scaling")
 
     if args.quick:
         hidden, embed, seq_len, batch, per_device, steps, repeats = 128, 32, 32, 32, 4, 10, 3
     else:
         hidden, embed, seq_len, batch, per_device, steps, repeats = 256, 64, 64, 64, 8, 10, 5
+    if args.devices is None:
+        args.devices = "1,2" if args.quick else "1,2,4,8"
     counts = [int(c) for c in args.devices.split(",")]
     counts = [c for c in counts if c <= jax.device_count()]
     header = machine_info()

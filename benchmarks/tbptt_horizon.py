@@ -43,7 +43,7 @@ import jax.numpy as jnp  # noqa: E402
 import optax  # noqa: E402
 
 import jaxrnn as jr  # noqa: E402
-from _common import machine_info  # noqa: E402
+from _common import machine_info, output_dir  # noqa: E402
 
 
 def make_model(kind: str, hidden: int, num_symbols: int):
@@ -142,8 +142,9 @@ def main(argv=None):
     p.add_argument("--no-bptt", action="store_true", help="skip the full-BPTT baseline")
     p.add_argument("--chunk", type=int, default=100, help="segments per fused make_epoch call")
     p.add_argument("--eval-len", type=int, default=None, help="length of evaluation sequences (default 10 k)")
-    p.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "results"))
+    p.add_argument("--out", default=None, help="output folder (default: benchmarks/results; a new temporary folder with --quick)")
     args = p.parse_args(argv)
+    args.out = output_dir(args.out, args.quick, "tbptt_horizon")
     k = args.lag
     if args.updates is None:
         args.updates = 300 if args.quick else 2500

@@ -36,7 +36,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from _common import RESULTS, command_line, header_markdown, interleaved, machine_info, timer, write_results  # noqa: E402
+from _common import command_line, header_markdown, interleaved, machine_info, output_dir, timer, write_results  # noqa: E402
 
 SHAPES = {
     "base": dict(B=32, L=128, I=128, H=256),
@@ -64,7 +64,7 @@ def parse_args(argv=None):
                         "over 3 s from /proc/stat while this one sleeps); PyTorch's threads slow down "
                         "many-fold when other processes compete for the cores")
     p.add_argument("--wait-max", type=float, default=1800, help="longest wait per case, seconds (default 1800)")
-    p.add_argument("--out", default=RESULTS, help="output folder (default benchmarks/results)")
+    p.add_argument("--out", default=None, help="output folder (default: benchmarks/results; a new temporary folder with --quick)")
     return p.parse_args(argv)
 
 
@@ -190,6 +190,7 @@ def torch_runner(kind, shape, x, y):
 
 def main(argv=None):
     args = parse_args(argv)
+    args.out = output_dir(args.out, args.quick, "throughput")
     import torch
 
     threads = args.threads or len(os.sched_getaffinity(0))

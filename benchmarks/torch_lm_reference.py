@@ -47,6 +47,9 @@ import time
 import numpy as np
 import torch
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from _common import corpus_file, output_dir  # noqa: E402
+
 
 def read_corpus(path: str, limit: int | None = None):
     with open(path, "rb") as f:
@@ -139,8 +142,8 @@ def evaluate(model: LanguageModel, tokens: np.ndarray, batch_size: int, seq_len:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--corpus", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "shared",
-                                                    "corpora", "shakespeare.txt"))
+    p.add_argument("--corpus", default=None,
+                   help="plain-text file (default: ../shared/corpora/shakespeare.txt, else the Python standard library's source)")
     p.add_argument("--cell", choices=["lstm", "gru", "rnn"], default="lstm")
     p.add_argument("--layers", type=int, default=1)
     p.add_argument("--hidden", type=int, default=256)
@@ -155,9 +158,13 @@ def main(argv=None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--eval-every", type=int, default=None, help="default: 5 validations per run")
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: PyTorch's choice)")
-    p.add_argument("--out", required=True, help="directory for metrics.json")
+    p.add_argument("--out", default=None, help="directory for metrics.json (required, except with --quick: a temporary one)")
     p.add_argument("--quick", action="store_true", help="first 200k characters, hidden 64, 40 steps")
     args = p.parse_args(argv)
+    if args.out is None and not args.quick:
+        p.error("--out DIR is required (except with --quick)")
+    args.out = output_dir(args.out, args.quick, "torch_lm_reference")
+    args.corpus = corpus_file(args.corpus)
     limit = None
     if args.quick:
         limit, args.hidden, args.steps = 200_000, 64, 40

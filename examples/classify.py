@@ -13,7 +13,7 @@ steps, well under a minute on 2 CPU cores); >= 0.9 after ``--steps 100``.
 
 Run::
 
-    python examples/classify.py [--steps 400] [--seed 0]
+    python examples/classify.py [--steps 400] [--quick] [--seed 0]
 """
 
 from __future__ import annotations
@@ -53,9 +53,12 @@ def init(key):
 def main(argv=None) -> float:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=400, help="training steps (default 400)")
+    parser.add_argument("--quick", action="store_true", help="the short run the target names: --steps 100")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     parser.add_argument("--lr", type=float, default=1e-2, help="Adam learning rate (default 1e-2)")
     args = parser.parse_args(argv)
+    if args.quick:
+        args.steps = 100
 
     key = jax.random.key(args.seed)
     k_init, k_test, key = jax.random.split(key, 3)

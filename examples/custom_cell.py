@@ -17,7 +17,7 @@ seeds 0, 1, 2); >= 0.85 after ``--steps 600``. Chance is 0.25.
 
 Run::
 
-    python examples/custom_cell.py [--steps 2000] [--seed 0]
+    python examples/custom_cell.py [--steps 2000] [--quick] [--seed 0]
 """
 
 from __future__ import annotations
@@ -72,9 +72,12 @@ def loss_fn(params, carry, x, y):
 def main(argv=None) -> float:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=2000, help="TBPTT segments to train on (default 2000)")
+    parser.add_argument("--quick", action="store_true", help="the short run the target names: --steps 600")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     parser.add_argument("--lr", type=float, default=1e-2, help="Adam learning rate (default 1e-2)")
     args = parser.parse_args(argv)
+    if args.quick:
+        args.steps = 600
 
     k_init, k_head, k_train, k_test = jax.random.split(jax.random.key(args.seed), 4)
     params = {"rnn": cell.init(k_init, SYMBOLS), "head": head.init(k_head, HIDDEN)}
@@ -99,7 +102,7 @@ def main(argv=None) -> float:
         if i % 200 == 0 or i == args.steps:
             print(f"step {i:5d}  loss {float(metrics['loss']):.4f}  test accuracy {float(accuracy(state.params)):.4f}")
     acc = float(accuracy(state.params))
-    print(f"trained {args.steps} segments in {time.time() - start:.1f} s")
+    print(f"trained {args.steps} steps in {time.time() - start:.1f} s")
     print(f"accuracy: {acc:.4f}")
     return acc
 

@@ -20,7 +20,7 @@ settings (600 steps, well under a minute on 2 CPU cores); >= 0.9 after ``--steps
 
 Run::
 
-    python examples/generate.py [--steps 600] [--seed 0] [--feedback argmax|none]
+    python examples/generate.py [--steps 600] [--quick] [--seed 0] [--feedback argmax|none]
 """
 
 from __future__ import annotations
@@ -65,12 +65,15 @@ def init(key):
 def main(argv=None) -> float:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=600, help="training steps (default 600)")
+    parser.add_argument("--quick", action="store_true", help="the short run the target names: --steps 120")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     parser.add_argument("--lr", type=float, default=1e-2, help="Adam learning rate (default 1e-2)")
     parser.add_argument("--feedback", choices=["argmax", "none"], default="argmax",
                         help="argmax: feed back the previous prediction (teacher forcing in training); "
                              "none: a fixed zero input after the first step")
     args = parser.parse_args(argv)
+    if args.quick:
+        args.steps = 120
     feedback = None if args.feedback == "none" else "argmax"
 
     key = jax.random.key(args.seed)

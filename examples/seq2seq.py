@@ -17,7 +17,7 @@ steps, about a minute on 2 CPU cores); >= 0.8 after ``--steps 250``.
 
 Run::
 
-    python examples/seq2seq.py [--steps 1000] [--seed 0]
+    python examples/seq2seq.py [--steps 1000] [--quick] [--seed 0]
 """
 
 from __future__ import annotations
@@ -64,9 +64,12 @@ def init(key):
 def main(argv=None) -> float:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=1000, help="training steps (default 1000)")
+    parser.add_argument("--quick", action="store_true", help="the short run the target names: --steps 250")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     parser.add_argument("--lr", type=float, default=5e-3, help="Adam learning rate (default 5e-3)")
     args = parser.parse_args(argv)
+    if args.quick:
+        args.steps = 250
 
     key = jax.random.key(args.seed)
     k_init, k_test, key = jax.random.split(key, 3)

@@ -17,7 +17,7 @@ steps, well under a minute on 2 CPU cores); >= 0.95 after ``--steps 60``.
 
 Run::
 
-    python examples/tagging.py [--steps 500] [--seed 0]
+    python examples/tagging.py [--steps 500] [--quick] [--seed 0]
 """
 
 from __future__ import annotations
@@ -59,9 +59,12 @@ def init(key):
 def main(argv=None) -> float:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=500, help="training steps (default 500)")
+    parser.add_argument("--quick", action="store_true", help="the short run the target names: --steps 60")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     parser.add_argument("--lr", type=float, default=1e-2, help="Adam learning rate (default 1e-2)")
     args = parser.parse_args(argv)
+    if args.quick:
+        args.steps = 60
 
     key = jax.random.key(args.seed)
     k_init, k_test, key = jax.random.split(key, 3)

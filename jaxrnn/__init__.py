@@ -16,7 +16,7 @@ from jaxrnn import fused
 from jaxrnn import interop  # imports torch only inside its functions
 from jaxrnn import parallel
 
-__version__ = "0.1.0"
+__version__ = "0.1.0"  # the one place the version is written (pyproject.toml reads it)
 
 __all__ = [
     "Cell", "rnn", "lstm", "gru",

@@ -28,7 +28,7 @@ Example::
   >>> restored["w"].shape, int(restored["step"]), meta["note"]
   ((2, 3), 7, 'hello')
 
-Needs the ``safetensors`` package: ``pip install "jaxrnn[cli]"``.
+The ``safetensors`` package is a core dependency of jaxrnn.
 """
 
 from __future__ import annotations

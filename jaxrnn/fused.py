@@ -57,35 +57,12 @@ recurrence is a :func:`jax.custom_jvp` function whose tangent is written by hand
   ``"step"`` with a loss on the final state, against 6.1 for a plain ``lax.scan``
   (``benchmarks/results/bptt_memory.md``).
 
-What bounds the speed on CPU: the per-step products. For ``B = 32, H = 256`` an LSTM's
-``32 x 256 @ 256 x 1024`` takes about 120 us per step on the 2-core test machine, and
-XLA:CPU already spreads it over both cores (1.7-1.8 cores busy through the loop;
-``XLA_FLAGS=--xla_cpu_multi_thread_eigen=false`` does not change that, only pinning the
-process to one CPU does). Against PyTorch's oneDNN LSTM at B=32, T=64, I=64
-(``benchmarks/lstm_passes.py``, 2026-11-22): pinned to one core, the forward pass
-(with the residuals kept) takes 0.89x PyTorch's time and the backward pass 1.41x; on
-two cores 1.10x and 1.69x. The matrix products alone (4.0 GFLOP per step, which
-YNNPACK runs at 95-104 GFLOP/s per core under the JAX profiler) take about as long as
-PyTorch's whole step, so the LSTM stays at 1.0-1.4x PyTorch's time in
-``benchmarks/results/throughput.md`` (1.1-1.2x at the base shape over the last two
-runs) while GRU and Elman cells are faster at B=32. Restructurings that were measured
-on XLA 0.10.2 and not kept:
-
-* Two half-batch loops in one program, or on two CPU devices (``shard_map``), run one
-  after the other: XLA:CPU's thunk executor runs a sequence of at most 8 operations in
-  order, and in larger programs the two loops share temporary buffers (buffer
-  assignment follows one sequential schedule), which orders them.
-* Cutting the batch into two independent chains inside each loop body does overlap
-  them (the forward alone: 0.91x the time at B=32), but not in the gradient: 0.99-1.0x
-  with the forward cut, 1.08x with the backward loop cut too, 1.07x at B=256.
-* Cutting the product's columns in two (two ``32 x 256 @ 256 x 512`` products per
-  step): 0.98x; in four: 1.7x.
-* Software-pipelining the tangent's per-chunk products (:func:`_input_terms`) one
-  chunk ahead, so that in the backward program the weight-gradient product of one
-  chunk does not depend on the serial loop of the next: 1.04x. They still ran one
-  after the other: buffer assignment gives the loop's coefficients a buffer the
-  product has just freed, which orders them (with each of XLA:CPU's three scheduler
-  types). One product for the whole sequence instead of one per chunk: 0.99x.
+What bounds the speed on CPU: the per-step products (``h W_h`` and, in the backward
+loop, ``dh W_h^T``), which XLA:CPU already spreads over the available cores. Everything
+else is arranged so that it leaves the loop: the input and weight-gradient products run
+once per chunk, the elementwise work per step is one fused pass. The measurements behind
+these choices, and the restructurings that were tried and dropped, are in the
+documentation's performance notes (``docs/performance.md``).
 
 Masked steps (``lengths``) keep the carry: ``carry_t = where(m_t, new_t, carry_{t-1})``
 and the same selection in the tangent. Sequences whose length is not a multiple of
