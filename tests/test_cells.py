@@ -10,15 +10,11 @@ from hypothesis import strategies as st
 from jax.test_util import check_grads
 
 import jaxrnn as jr
+from conftest import KINDS, make_cell
 
-KINDS = ("rnn", "rnn_relu", "lstm", "gru")
 GATES = {"rnn": 1, "rnn_relu": 1, "lstm": 4, "gru": 3}
 
 
-def make_cell(kind, hidden_size):
-    if kind.startswith("rnn"):
-        return jr.rnn(hidden_size, activation=("relu" if kind == "rnn_relu" else "tanh"))
-    return {"lstm": jr.lstm, "gru": jr.gru}[kind](hidden_size)
 
 
 def random_params(kind, input_size, hidden_size, rng, dtype=jnp.float32, scale=0.5):

@@ -14,21 +14,18 @@ import numpy as np
 import pytest
 
 import jaxrnn as jr
+from conftest import assert_trees_close as _close
+from conftest import make_cell, random_tree
 from jaxrnn import fused
 
 KINDS = ("lstm", "gru", "rnn", "rnn_relu")
+
+
+def assert_trees_close(a, b, rtol, atol):
+    _close(a, b, rtol, atol, same_dtypes=True)
 REMATS = (None, "step", "sqrt", 7)
 
 
-def make_cell(kind, hidden):
-    if kind.startswith("rnn"):
-        return jr.rnn(hidden, activation=("relu" if kind == "rnn_relu" else "tanh"))
-    return {"lstm": jr.lstm, "gru": jr.gru}[kind](hidden)
-
-
-def random_tree(tree_fn, rng, dtype, scale=0.5):
-    shapes = jax.eval_shape(tree_fn)
-    return jax.tree.map(lambda s: jnp.asarray(scale * rng.normal(size=s.shape), dtype), shapes)
 
 
 def setup(kind, steps, dtype, batch=3, hidden=5, features=4, seed=0):
@@ -68,12 +65,6 @@ def plain(monkeypatch, fn, *args, **kw):
         return fn(*args, **kw)
 
 
-def assert_trees_close(a, b, rtol, atol):
-    la, lb = jax.tree.leaves(a), jax.tree.leaves(b)
-    assert jax.tree.structure(a) == jax.tree.structure(b)
-    for x, y in zip(la, lb):
-        assert x.shape == y.shape and x.dtype == y.dtype
-        np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=rtol, atol=atol)
 
 
 # --------------------------------------------------------------------------- parity

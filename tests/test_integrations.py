@@ -13,6 +13,7 @@ import optax
 import pytest
 
 import jaxrnn as jr
+from conftest import assert_trees_close
 
 F32 = jnp.float32
 TOL = dict(rtol=1e-5, atol=1e-6)
@@ -61,10 +62,9 @@ def _reference_after_one_update(kind):
     return update(params, grads)
 
 
+
 def _assert_trees_close(a, b):
-    assert jax.tree_util.tree_structure(a) == jax.tree_util.tree_structure(b)
-    for x, y in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)):
-        np.testing.assert_allclose(np.asarray(x), np.asarray(y), **TOL)
+    assert_trees_close(a, b, **TOL)
 
 
 # --------------------------------------------------------------------------- Flax NNX

@@ -11,25 +11,9 @@ from hypothesis import strategies as st
 from jax.test_util import check_grads
 
 import jaxrnn as jr
-
-KINDS = ("rnn", "rnn_relu", "lstm", "gru")
-
-
-def make_cell(kind, hidden_size):
-    if kind.startswith("rnn"):
-        return jr.rnn(hidden_size, activation=("relu" if kind == "rnn_relu" else "tanh"))
-    return {"lstm": jr.lstm, "gru": jr.gru}[kind](hidden_size)
+from conftest import KINDS, assert_trees_close, make_cell, random_carry, random_params
 
 
-def random_params(cell, input_size, rng, dtype=jnp.float32, scale=0.5):
-    """Random params shaped like ``cell.init``'s, every entry (biases too) nonzero."""
-    shapes = jax.eval_shape(lambda: cell.init(jax.random.key(0), input_size))
-    return jax.tree.map(lambda s: jnp.asarray(scale * rng.normal(size=s.shape), dtype), shapes)
-
-
-def random_carry(cell, batch, rng, dtype=jnp.float32):
-    shapes = jax.eval_shape(lambda: cell.initial_carry(batch))
-    return jax.tree.map(lambda s: jnp.asarray(0.5 * rng.normal(size=s.shape), dtype), shapes)
 
 
 _APPLY_CACHE = {}
@@ -61,11 +45,6 @@ def loop_reference(cell, params, xs, carry, lengths=None, reverse=False):
     return final, ys
 
 
-def assert_trees_close(a, b, rtol=1e-5, atol=1e-6):
-    la, lb = jax.tree.leaves(a), jax.tree.leaves(b)
-    assert jax.tree.structure(a) == jax.tree.structure(b)
-    for x, y in zip(la, lb):
-        np.testing.assert_allclose(np.asarray(x, np.float64), np.asarray(y, np.float64), rtol=rtol, atol=atol)
 
 
 # ------------------------------------------------------------------- loop equality
