@@ -221,7 +221,7 @@ def test_bad_settings(tmp_path, corpus_file, capsys):
     assert _train("--corpus", corpus_file, "--tie", "--out", str(tmp_path / "r")) == 2
     assert "hidden must equal embed; got hidden=16, embed=8" in capsys.readouterr().err
     assert _train("--corpus", corpus_file, "--batch-size", "4000", "--out", str(tmp_path / "r")) == 2
-    assert "batch_size * seq_len must be at most" in capsys.readouterr().err
+    assert "--batch-size 4000 x --seq-len 8 = 32000 tokens do not fit in the training split" in capsys.readouterr().err
     assert _train("--corpus", corpus_file, "--lr", "-1", "--out", str(tmp_path / "r")) == 2
     assert "--lr must be a positive number" in capsys.readouterr().err
     with pytest.raises(SystemExit):
