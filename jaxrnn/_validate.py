@@ -26,16 +26,20 @@ __all__ = ["number", "positive_int", "non_negative_int", "positive", "optional"]
 
 def _describe(integer: bool, low, high, low_open: bool, high_open: bool) -> str:
     kind = "int" if integer else "number"
-    finite = ""
+    finite = ""  # finiteness has its own message
+    if integer and (low is None or not (low == 0 and low_open)):
+        kind, a = "int", "an"
+    else:
+        a = "a"
     if low is not None and high is None:
         if low == 0 and low_open:
             return f"a {finite}positive {kind}"
-        return f"a {finite}{kind} {'>' if low_open else '>='} {low:g}"
+        return f"{a} {finite}{kind} {'>' if low_open else '>='} {low:g}"
     if high is not None and low is None:
-        return f"a {finite}{kind} {'<' if high_open else '<='} {high:g}"
+        return f"{a} {finite}{kind} {'<' if high_open else '<='} {high:g}"
     if low is not None and high is not None:
-        return f"a {finite}{kind} in {'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
-    return f"a {finite}{kind}"
+        return f"{a} {finite}{kind} in {'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
+    return f"{a} {finite}{kind}"
 
 
 def number(

@@ -529,7 +529,8 @@ def fit(
             pending.append((s, step_metrics))
             due_eval = evaluate is not None and (s == num_steps or (eval_every is not None and s % eval_every == 0))
             due_save = checkpoint_every is not None and s % checkpoint_every == 0
-            if s % fetch_every == 0 or due_eval or due_save or s == num_steps or flag.stop or s == start + 1:
+            if (s % fetch_every == 0 or due_eval or due_save or s == num_steps or flag.stop or s == start + 1
+                    or loop["consecutive_skips"] > 0):  # after a skip, read every step until one is not
                 flush()  # inside the timed region: asynchronous dispatch does not hide training time
             dt = time.perf_counter() - t0
             if s == start + 1:  # includes compilation, once per session

@@ -228,3 +228,89 @@ def test_bad_settings(tmp_path, corpus_file, capsys):
         cli.main(["train", "--steps", "3", "--epochs", "2"])  # argparse: mutually exclusive
     assert cli.main(["eval", "--run", str(tmp_path / "nothing")]) == 2
     assert "is not a finished or interrupted jaxrnn run" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--lr", "nan"], "--lr must be a finite number, got nan (expected a positive number)"),
+        (["--lr", "inf"], "--lr must be a finite number, got inf (expected a positive number)"),
+        (["--clip", "nan"], "--clip must be a finite number, got nan (expected a number >= 0 (0 turns clipping off))"),
+        (["--clip", "-1"], "--clip must be a number >= 0 (0 turns clipping off), got -1.0"),
+        (["--dropout", "nan"], "--dropout must be a finite number, got nan (expected a number in [0, 1))"),
+        (["--dropout", "1"], "--dropout must be a number in [0, 1), got 1.0"),
+        (["--temperature", "inf"], "--temperature must be a finite number, got inf"),
+        (["--seq-len", "0"], "--seq-len must be a positive int, got 0"),
+        (["--max-skips", "0"], "--max-skips must be a positive int, got 0"),
+        (["--seed", "-3"], "--seed must be an int >= 0, got -3"),
+        (["--seq-len", "1000"], "--batch-size 4 x --seq-len 1000 = 4000 tokens do not fit in the training split of "
+                                "2298 tokens"),
+    ],
+)
+def test_numeric_flags_must_be_finite_and_in_range(flags, message, corpus_file, tmp_path, capsys):
+    capsys.readouterr()
+    assert _train("--corpus", corpus_file, "--steps", "2", *flags, "--out", str(tmp_path / "r")) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+    assert not os.path.exists(tmp_path / "r" / cli.CONFIG)  # nothing written, no NaN in a config.json
+
+
+def test_corrupt_config_json_is_named(reference_run, tmp_path, capsys):
+    import shutil
+
+    run = str(tmp_path / "run")
+    shutil.copytree(reference_run, run)
+    with open(os.path.join(run, cli.CONFIG), "w") as f:
+        f.write('{"hidden": 16, "lr": NaN')  # cut short
+    capsys.readouterr()
+    for argv in (["train", "--out", run, "--resume", "--no-progress"], ["eval", "--run", run]):
+        assert cli.main(argv) == 2
+        err = capsys.readouterr().err
+        assert f"{os.path.join(run, cli.CONFIG)} is not valid JSON (Expecting ',' delimiter at line 1, column 25)" in err
+        assert "the file is damaged" in err and "Traceback" not in err
+
+
+def _poison_loss(monkeypatch, poisoned):
+    """Make the LM loss NaN (so the gradient is NaN) on every segment where
+    ``poisoned(model, x)``; the step built with it lives in a throwaway cache."""
+    import jax.numpy as jnp
+
+    from jaxrnn import lm
+
+    real = lm.loss
+
+    def loss(model, params, carry, x, y, key=None):
+        value, carry = real(model, params, carry, x, y, key)
+        return value * jnp.where(poisoned(model, x), jnp.nan, 1.0), carry
+
+    monkeypatch.setattr(lm, "loss", loss)
+    monkeypatch.setattr(cli, "_CACHE", {})
+
+
+def test_nonfinite_steps_are_skipped_and_counted(tmp_path, monkeypatch, capsys):
+    import jax.numpy as jnp
+
+    text = _text()
+    p = tmp_path / "c.txt"
+    p.write_text(text[:20] + "~" + text[21:], encoding="utf-8")  # '~' sorts last: id V - 1, read by step 3
+    _poison_loss(monkeypatch, lambda model, x: jnp.any(x == model.vocab_size - 1))
+    run = str(tmp_path / "run")
+    assert _train("--corpus", str(p), "--steps", "6", "--out", run, "--max-skips", "2") == 0
+    assert "1 step(s) skipped for a non-finite gradient" in capsys.readouterr().out
+    m = _metrics(run)
+    assert m["skipped_steps"] == 1 and m["history"]["skipped_steps"] == [3]
+    assert m["history"]["train_loss"][2] is None  # the NaN loss of step 3, as JSON null
+    arrays, _ = _ckpt(run)
+    assert all(np.isfinite(a).all() for k, a in arrays.items() if k.startswith(".params"))
+
+
+def test_consecutive_nonfinite_steps_stop_with_a_message(corpus_file, tmp_path, monkeypatch, capsys):
+    _poison_loss(monkeypatch, lambda model, x: True)  # every step
+    run = str(tmp_path / "run")
+    assert _train("--corpus", corpus_file, "--steps", "20", "--out", run, "--max-skips", "3") == 1
+    err = capsys.readouterr().err
+    assert ("jaxrnn train: error: training diverged: stopped at step 3: the last 3 steps had a non-finite gradient "
+            "and were skipped (max_skips=3); 3 skipped in all. Lower --lr or --clip") in err
+    arrays, meta = _ckpt(run)  # saved, with the parameters of step 0 (nothing was applied)
+    assert int(arrays[".step"]) == 3 and meta["metadata"]["history"]["skipped_steps"] == [1, 2, 3]
+    assert not os.path.exists(os.path.join(run, cli.METRICS))
