@@ -287,30 +287,29 @@ def _poison_loss(monkeypatch, poisoned):
     monkeypatch.setattr(cli, "_CACHE", {})
 
 
-def test_nonfinite_steps_are_skipped_and_counted(tmp_path, monkeypatch, capsys):
+def test_nonfinite_steps_are_skipped_counted_and_stop_the_run(tmp_path, monkeypatch, capsys):
     import jax.numpy as jnp
 
-    text = _text()
+    text = list(_text())
+    for pos in (20, 44, 52, 60):  # read by stream 0 in steps 3, 6, 7 and 8 (segments of 8)
+        text[pos] = "~"  # sorts last: id V - 1
     p = tmp_path / "c.txt"
-    p.write_text(text[:20] + "~" + text[21:], encoding="utf-8")  # '~' sorts last: id V - 1, read by step 3
+    p.write_text("".join(text), encoding="utf-8")
     _poison_loss(monkeypatch, lambda model, x: jnp.any(x == model.vocab_size - 1))
     run = str(tmp_path / "run")
-    assert _train("--corpus", str(p), "--steps", "6", "--out", run, "--max-skips", "2") == 0
-    assert "1 step(s) skipped for a non-finite gradient" in capsys.readouterr().out
-    m = _metrics(run)
-    assert m["skipped_steps"] == 1 and m["history"]["skipped_steps"] == [3]
-    assert m["history"]["train_loss"][2] is None  # the NaN loss of step 3, as JSON null
-    arrays, _ = _ckpt(run)
-    assert all(np.isfinite(a).all() for k, a in arrays.items() if k.startswith(".params"))
-
-
-def test_consecutive_nonfinite_steps_stop_with_a_message(corpus_file, tmp_path, monkeypatch, capsys):
-    _poison_loss(monkeypatch, lambda model, x: True)  # every step
-    run = str(tmp_path / "run")
-    assert _train("--corpus", corpus_file, "--steps", "20", "--out", run, "--max-skips", "3") == 1
+    capsys.readouterr()
+    assert _train("--corpus", str(p), "--steps", "12", "--out", run, "--max-skips", "3") == 1
     err = capsys.readouterr().err
-    assert ("jaxrnn train: error: training diverged: stopped at step 3: the last 3 steps had a non-finite gradient "
-            "and were skipped (max_skips=3); 3 skipped in all. Lower --lr or --clip") in err
-    arrays, meta = _ckpt(run)  # saved, with the parameters of step 0 (nothing was applied)
-    assert int(arrays[".step"]) == 3 and meta["metadata"]["history"]["skipped_steps"] == [1, 2, 3]
+    assert ("jaxrnn train: error: training diverged: stopped at step 8: the last 3 steps had a non-finite gradient "
+            "and were skipped (max_skips=3); 4 skipped in all. Lower --lr or --clip, or continue with `jaxrnn train "
+            f"--out {run} --resume --max-skips N` to allow more") in err
+    arrays, meta = _ckpt(run)  # saved at the stop, with finite parameters
+    assert int(arrays[".step"]) == 8 and meta["metadata"]["history"]["skipped_steps"] == [3, 6, 7, 8]
+    assert all(np.isfinite(a).all() for k, a in arrays.items() if k.startswith(".params"))
     assert not os.path.exists(os.path.join(run, cli.METRICS))
+    # continue: step 9 is finite again; skipped steps are counted in metrics.json and the summary
+    assert _train("--out", run, "--resume", "--max-skips", "5") == 0
+    assert "4 step(s) skipped for a non-finite gradient" in capsys.readouterr().out
+    m = _metrics(run)
+    assert m["skipped_steps"] == 4 and m["history"]["skipped_steps"] == [3, 6, 7, 8] and m["steps"] == 12
+    assert m["history"]["train_loss"][2] is None and m["history"]["train_loss"][3] is not None  # NaN as JSON null
