@@ -265,3 +265,21 @@ def test_restore_names_a_file_fit_did_not_write(tmp_path):
     jr.checkpoint.save_state(path, state)
     with pytest.raises(ValueError, match="plain.safetensors was not written by jr.train.fit"):
         jr.train.restore(path, like=state)
+
+
+def test_forecast_example_beats_the_naive_forecast(capsys):
+    """examples/forecast.py (jr.train.fit on a non-language model) reaches its stated target."""
+    import importlib.util
+    import pathlib
+    import re
+
+    path = pathlib.Path(__file__).resolve().parent.parent / "examples" / "forecast.py"
+    spec = importlib.util.spec_from_file_location("jaxrnn_example_forecast", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    threshold, steps = re.findall(r">= ([0-9.]+) after ``--steps (\d+)``", module.__doc__)[0]
+    skill = module.main(["--steps", steps, "--seed", "0", "--no-progress"])
+    out = capsys.readouterr().out
+    mse, naive = map(float, re.findall(r"test MSE ([0-9.]+) vs naive \(persistence\) ([0-9.]+)", out)[0])
+    assert skill == pytest.approx(1 - mse / naive, abs=2e-3) and f"skill: {skill:.4f}" in out
+    assert skill >= float(threshold)
