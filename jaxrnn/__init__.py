@@ -7,6 +7,7 @@ through time. See ``README.md`` for a tour.
 from jaxrnn import layers
 from jaxrnn import corpus, lm
 from jaxrnn import bptt, checkpoint, data, tbptt
+from jaxrnn import train
 from jaxrnn.optim import clipped
 from jaxrnn import diagnostics, tasks
 from jaxrnn import sequence
@@ -21,6 +22,6 @@ __version__ = "0.1.0"  # the one place the version is written (pyproject.toml re
 __all__ = [
     "Cell", "rnn", "lstm", "gru",
     "unroll", "stack", "bidirectional", "Stack", "Bidirectional", "output_size",
-    "layers", "corpus", "lm", "data", "tbptt", "bptt", "checkpoint", "clipped", "sequence", "interop",
+    "layers", "corpus", "lm", "data", "tbptt", "bptt", "train", "checkpoint", "clipped", "sequence", "interop",
     "diagnostics", "tasks", "parallel", "fused",
 ]

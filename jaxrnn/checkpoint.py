@@ -195,12 +195,20 @@ def save(path: str | os.PathLike, tree: Any, *, metadata: dict | None = None) ->
         "encodings": json.dumps(encodings, sort_keys=True),
         "sha256": _digest(tensors, meta_json + json.dumps(encodings, sort_keys=True)),
     }
+    _check_not_dir(os.fspath(path))
     if jax.process_index() == 0:  # with many processes all gather the arrays, process 0 writes
         _atomic_write(os.fspath(path), st.numpy.save(tensors, metadata=header))
     if jax.process_count() > 1:
         from jax.experimental import multihost_utils
 
         multihost_utils.sync_global_devices(f"jaxrnn.checkpoint.save {os.fspath(path)}")
+
+
+def _check_not_dir(path: str) -> None:
+    if os.path.isdir(path):
+        inside = sorted(f for f in os.listdir(path) if f.endswith(".safetensors"))
+        hint = f"; it holds {', '.join(inside[:5])}" if inside else ""
+        raise ValueError(f"{path} is a directory, not a checkpoint file: pass the file's path{hint}")
 
 
 def _corrupt(path: str, why: str) -> ValueError:
@@ -221,6 +229,7 @@ def load(path: str | os.PathLike) -> tuple[dict[str, Any], dict]:
     path = os.fspath(path)
     if not os.path.exists(path):
         raise FileNotFoundError(f"no checkpoint at {path}")
+    _check_not_dir(path)
     try:
         with st.safe_open(path, framework="numpy") as f:
             header = f.metadata() or {}

@@ -6,7 +6,7 @@
                  [--layers N] [--hidden H] [--embed E] [--dropout P] [--tie]
                  [--batch-size B] [--seq-len T] [--steps N | --epochs N]
                  [--optimizer adam|sgd] [--lr LR] [--clip C] [--seed S] [--eval-every N]
-                 [--out DIR] [--resume] [--devices N]
+                 [--checkpoint-every N] [--max-skips N] [--out DIR] [--resume] [--devices N]
     jaxrnn eval --run DIR [--split valid|test]
     jaxrnn generate --run DIR [--prompt TEXT] [--length N] [--temperature T] [--top-k K]
 
@@ -14,15 +14,19 @@
 (the Python standard library's source, see :func:`jaxrnn.corpus.load_default`).
 
 Training is truncated BPTT over offset batches (:func:`jaxrnn.data.offset_batches`,
-:func:`jaxrnn.tbptt.make_step`) with global-norm clipping (:func:`jaxrnn.clipped`). The
-run directory ``DIR`` receives:
+:func:`jaxrnn.tbptt.make_step`) with global-norm clipping (:func:`jaxrnn.clipped`), run by
+:func:`jaxrnn.train.fit`: this module only reads the command line, the corpus and the
+model, and writes the files. A step whose gradient is not finite is skipped (the
+parameters keep their values) and counted; after ``--max-skips`` consecutive skipped
+steps training stops with an error. The run directory ``DIR`` receives:
 
 * ``config.json``: the corpus, model and training settings;
 * ``checkpoint.safetensors``: parameters, optimizer state, carry (with the dropout
   key), step, stream position, vocabulary and history (written at the end, on Ctrl-C,
-  and after every validation);
+  after every validation and every ``--checkpoint-every`` steps; atomically, so a run
+  killed at any moment resumes from the last one);
 * ``metrics.json``: final validation and test loss / perplexity (/ bits per character),
-  steps, tokens per second, wall time, and the curves' data;
+  steps, skipped steps, tokens per second, wall time, and the curves' data;
 * ``curves.png``: training and validation curves;
 * ``sample.txt``: text generated at the end.
 
@@ -38,12 +42,13 @@ import argparse
 import json
 import math
 import os
-import signal
 import sys
 import time
 from typing import Any, Sequence
 
 import numpy as np
+
+from jaxrnn import _validate
 
 __all__ = ["main", "build_parser"]
 
@@ -60,6 +65,7 @@ TRAIN_DEFAULTS: dict[str, Any] = {
     "batch_size": 32, "seq_len": 64, "steps": None, "epochs": None,
     "optimizer": "adam", "lr": None, "clip": 5.0, "seed": 0, "eval_every": None,
     "eval_batch_size": None, "sample_length": None, "temperature": 0.8,
+    "checkpoint_every": None, "max_skips": 10,
 }
 DEFAULT_STEPS = 800
 DEFAULT_LR = {"adam": 2e-3, "sgd": 1.0}
@@ -115,6 +121,10 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--sample-length", type=int, default=S, metavar="N", help="tokens sampled at the end (default 500 "
                    "characters / 100 words)")
     t.add_argument("--temperature", type=float, default=S, metavar="T", help="temperature of the final sample (default 0.8)")
+    t.add_argument("--checkpoint-every", type=int, default=S, metavar="N", help="also save a checkpoint every N steps "
+                   "(default: after every validation only)")
+    t.add_argument("--max-skips", type=int, default=S, metavar="N", help="stop after N consecutive steps skipped for a "
+                   f"non-finite gradient (default {d['max_skips']})")
     t.add_argument("--out", default="jaxrnn-run", metavar="DIR", help="run directory (default ./jaxrnn-run)")
     t.add_argument("--resume", action="store_true", help="continue the run in DIR from its checkpoint")
     t.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -145,28 +155,44 @@ def _say(msg: str) -> None:
     print(msg, flush=True)
 
 
-def _positive(name: str, v, allow_none: bool = False) -> None:
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def _checked(check, name: str, *args, **kwargs):
+    """Run a :mod:`jaxrnn._validate` check, turning its ValueError into a CLIError."""
+    try:
+        return check(*args, **kwargs)
+    except ValueError as e:
+        raise CLIError(str(e)) from None
+
+
+def _positive(name: str, v, allow_none: bool = False):
+    """``v`` if it is a positive int (or, with ``allow_none``, ``None``); named as the flag ``--name``."""
     if v is None and allow_none:
-        return
-    if v is None or v <= 0:
-        raise CLIError(f"--{name.replace('_', '-')} must be a positive number, got {v}")
+        return None
+    return _checked(_validate.positive_int, name, _flag(name), v)
 
 
 def _resolve(cfg: dict) -> dict:
-    """Fill derived defaults and check values; returns a new dict."""
+    """Fill derived defaults and check values (finite, in range, named as flags); returns a new dict."""
     cfg = dict(cfg)
+    if cfg["optimizer"] not in DEFAULT_LR:
+        raise CLIError(f"--optimizer must be one of {sorted(DEFAULT_LR)}, got {cfg['optimizer']!r}")
     if cfg["lr"] is None:
         cfg["lr"] = DEFAULT_LR[cfg["optimizer"]]
     if cfg["steps"] is None and cfg["epochs"] is None:
         cfg["steps"] = DEFAULT_STEPS
-    for k in ("layers", "hidden", "embed", "batch_size", "seq_len", "lr"):
-        _positive(k, cfg[k])
-    for k in ("steps", "epochs", "eval_every", "eval_batch_size", "sample_length", "max_vocab"):
-        _positive(k, cfg[k], allow_none=True)
-    if cfg["clip"] < 0:
-        raise CLIError(f"--clip must be >= 0 (0 turns clipping off), got {cfg['clip']}")
-    if not cfg["temperature"] >= 0:
-        raise CLIError(f"--temperature must be >= 0, got {cfg['temperature']}")
+    for k in ("layers", "hidden", "embed", "batch_size", "seq_len", "max_skips"):
+        cfg[k] = _positive(k, cfg[k])
+    for k in ("steps", "epochs", "eval_every", "eval_batch_size", "sample_length", "max_vocab", "checkpoint_every"):
+        cfg[k] = _positive(k, cfg[k], allow_none=True)
+    cfg["lr"] = _checked(_validate.positive, "lr", "--lr", cfg["lr"])
+    cfg["clip"] = _checked(_validate.number, "clip", "--clip", cfg["clip"], low=0, note="(0 turns clipping off)")
+    cfg["dropout"] = _checked(_validate.number, "dropout", "--dropout", cfg["dropout"], low=0, high=1, high_open=True)
+    cfg["temperature"] = _checked(_validate.number, "temperature", "--temperature", cfg["temperature"], low=0,
+                                  note="(0 = greedy)")
+    cfg["seed"] = _checked(_validate.non_negative_int, "seed", "--seed", cfg["seed"])
     if cfg["corpus"] is not None:
         cfg["corpus"] = os.path.abspath(cfg["corpus"])
     return cfg
@@ -203,9 +229,11 @@ def _optimizer(cfg: dict):
 
     from jaxrnn.optim import clipped
 
-    def build():
+    from jaxrnn.optim import skip_nonfinite
+
+    def build():  # a step with a non-finite gradient changes nothing and is counted
         opt = optax.adam(cfg["lr"]) if cfg["optimizer"] == "adam" else optax.sgd(cfg["lr"])
-        return clipped(opt, cfg["clip"]) if cfg["clip"] > 0 else opt
+        return clipped(opt, cfg["clip"], skip_nonfinite=True) if cfg["clip"] > 0 else skip_nonfinite(opt)
 
     return _cached(("tx", cfg["optimizer"], float(cfg["lr"]), float(cfg["clip"])), build)
 
@@ -218,8 +246,7 @@ def _step_fn(model, tx, mesh=None):
 
 def _mesh(devices: int, batch_size: int):
     """The data-parallel mesh of ``--devices N`` (``None`` for one device)."""
-    if devices < 1:
-        raise CLIError(f"--devices must be a positive number, got {devices}")
+    devices = _positive("devices", devices)
     if batch_size % devices:
         raise CLIError(f"--batch-size {batch_size} must be a multiple of --devices {devices} (each device takes "
                        f"batch-size / devices streams)")
@@ -273,16 +300,33 @@ def _scores(nll: float, level: str) -> dict:
 
 
 def _read_json(path: str) -> dict:
-    with open(path, encoding="utf-8") as f:
-        return json.load(f)
+    """A run's JSON file as a dict; a damaged file is a CLIError naming it."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            obj = json.load(f)
+    except json.JSONDecodeError as e:
+        raise CLIError(f"{path} is not valid JSON ({e.msg} at line {e.lineno}, column {e.colno}); the file is "
+                       "damaged: restore it or start a new run with another --out") from None
+    except UnicodeDecodeError as e:
+        raise CLIError(f"{path} is not valid JSON (not UTF-8: {e.reason} at byte {e.start}); the file is damaged") from None
+    if not isinstance(obj, dict):
+        raise CLIError(f"{path} must hold a JSON object, got a {type(obj).__name__}; the file is damaged")
+    return obj
 
 
 def _write_json(path: str, obj: Any) -> None:
-    tmp = path + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(obj, f, indent=2, sort_keys=True)
-        f.write("\n")
-    os.replace(tmp, path)
+    from jaxrnn.train import write_json
+
+    write_json(path, obj)
+
+
+def _saved_config(path: str) -> dict:
+    """The config.json of a run, with the defaults of settings added since it was written."""
+    saved = _read_json(path)
+    unknown = sorted(set(saved) - set(TRAIN_DEFAULTS))
+    if unknown:
+        raise CLIError(f"{path} holds unknown settings {unknown}; it was not written by this jaxrnn train")
+    return {**TRAIN_DEFAULTS, **saved}
 
 
 def _load_run(run: str):
@@ -294,7 +338,7 @@ def _load_run(run: str):
     for p in (cfg_path, ckpt_path):
         if not os.path.exists(p):
             raise CLIError(f"{run!r} is not a finished or interrupted jaxrnn run: {os.path.basename(p)} is missing")
-    cfg = _read_json(cfg_path)
+    cfg = _resolve(_saved_config(cfg_path))
     _, meta = checkpoint.load(ckpt_path)
     info = meta.get("metadata", {})
     vocab = Vocabulary.from_dict(info["vocab"])
@@ -307,31 +351,6 @@ def _load_run(run: str):
 # --------------------------------------------------------------------------- train
 
 
-class _StopFlag:
-    """SIGINT handler: the first Ctrl-C asks the loop to stop after the current step."""
-
-    def __init__(self):
-        self.stop = False
-        self._old = None
-
-    def __enter__(self):
-        try:
-            self._old = signal.signal(signal.SIGINT, self._handle)
-        except ValueError:  # not the main thread: no handler, Ctrl-C raises as usual
-            self._old = None
-        return self
-
-    def _handle(self, signum, frame):
-        if self.stop:  # a second Ctrl-C: stop at once
-            raise KeyboardInterrupt
-        self.stop = True
-
-    def __exit__(self, *exc):
-        if self._old is not None:
-            signal.signal(signal.SIGINT, self._old)
-        return False
-
-
 def _plot_curves(path: str, history: dict, level: str, title: str) -> None:
     import matplotlib
 
@@ -342,7 +361,7 @@ def _plot_curves(path: str, history: dict, level: str, title: str) -> None:
     unit = "bits per character" if level == "char" else "loss (nats per token)"
     fig, ax = plt.subplots(figsize=(7, 4.2))
     steps = np.asarray(history["train_steps"])
-    loss = np.asarray(history["train_loss"]) * scale
+    loss = np.asarray([np.nan if v is None else v for v in history["train_loss"]], dtype=float) * scale
     if len(loss):
         ax.plot(steps, loss, color="0.75", lw=0.6, label="training (per step)")
         w = max(1, min(50, len(loss) // 10))
@@ -350,7 +369,8 @@ def _plot_curves(path: str, history: dict, level: str, title: str) -> None:
             smooth = np.convolve(loss, np.ones(w) / w, mode="valid")
             ax.plot(steps[w - 1:], smooth, color="tab:blue", lw=1.2, label=f"training ({w}-step mean)")
     if history["val_steps"]:
-        ax.plot(history["val_steps"], np.asarray(history["val_loss"]) * scale, "o-", color="tab:red",
+        val = np.asarray([np.nan if v is None else v for v in history["val_loss"]], dtype=float)
+        ax.plot(history["val_steps"], val * scale, "o-", color="tab:red",
                 label="validation")
     ax.set_xlabel("step")
     ax.set_ylabel(unit)
@@ -398,7 +418,7 @@ def _sample_text(model, params, vocab, prompt: str | None, length: int, temperat
 def _train(args: argparse.Namespace) -> int:
     import jax
 
-    from jaxrnn import checkpoint, lm
+    from jaxrnn import lm, train
     from jaxrnn import corpus as jc
     from jaxrnn.data import offset_batches
 
@@ -408,13 +428,13 @@ def _train(args: argparse.Namespace) -> int:
     if args.resume:
         if not os.path.exists(ckpt_path) or not os.path.exists(cfg_path):
             raise CLIError(f"--resume: no checkpoint to resume in {out!r} ({CHECKPOINT} and {CONFIG} are needed)")
-        saved = _read_json(cfg_path)
+        saved = _saved_config(cfg_path)
         check = _resolve({**saved, **given})
         changed = [k for k in _FIXED_ON_RESUME if k in given and check[k] != saved[k]]
         if changed:
             raise CLIError(
                 "--resume keeps the run's settings; these differ from the saved ones: "
-                + ", ".join(f"--{k.replace('_', '-')} {check[k]!r} (saved {saved[k]!r})" for k in changed)
+                + ", ".join(f"{_flag(k)} {check[k]!r} (saved {saved[k]!r})" for k in changed)
             )
         if "steps" in given:
             saved["epochs"] = None
@@ -434,39 +454,38 @@ def _train(args: argparse.Namespace) -> int:
     model = _model(cfg, vocab.size)
     tx = _optimizer(cfg)
     B, T = cfg["batch_size"], cfg["seq_len"]
-    try:
-        batches = offset_batches(corpus.train, B, T, epochs=cfg["epochs"])
-    except ValueError as e:
-        raise CLIError(f"training split of {len(corpus.train)} tokens: {e}") from None
+    if B * T > len(corpus.train):
+        raise CLIError(f"--batch-size {B} x --seq-len {T} = {B * T} tokens do not fit in the training split of "
+                       f"{len(corpus.train)} tokens (each of the --batch-size streams needs one segment of --seq-len "
+                       "tokens): lower --batch-size or --seq-len, or use a longer corpus")
+    batches = offset_batches(corpus.train, B, T, epochs=cfg["epochs"])
     total = cfg["steps"] if cfg["steps"] is not None else cfg["epochs"] * (batches.steps_per_epoch // T)
     if total < 1:
-        raise CLIError(f"--epochs {cfg['epochs']} gives no full segment of {T} steps per stream")
+        raise CLIError(f"--epochs {cfg['epochs']} gives no full segment of --seq-len {T} tokens per stream")
     eval_every = cfg["eval_every"] or max(1, math.ceil(total / 5))
 
-    state = _template_state(cfg, model, tx, shapes_only=args.resume)
-    history = {"train_steps": [], "train_loss": [], "val_steps": [], "val_loss": []}
-    elapsed = {"train_seconds": 0.0, "eval_seconds": 0.0, "wall_seconds": 0.0, "first_step_seconds": 0.0, "sessions": 0}
+    restored = False
     if args.resume:
         try:
-            restored = checkpoint.restore_state(ckpt_path, like=state)
+            restored = train.restore(ckpt_path, like=_template_state(cfg, model, tx, shapes_only=True), batches=batches)
         except ValueError as e:
             raise CLIError(f"cannot resume from {ckpt_path}: {e}") from None
-        info = restored.metadata
         try:
-            jc.check_same_vocabulary(jc.Vocabulary.from_dict(info["vocab"]), vocab, "the corpus now")
+            jc.check_same_vocabulary(jc.Vocabulary.from_dict(restored.metadata["vocab"]), vocab, "the corpus now")
         except ValueError as e:
             raise CLIError(str(e)) from None
-        state, history, elapsed = restored.state, info["history"], info["elapsed"]
-        try:
-            batches.load_state_dict(restored.position)
-        except ValueError as e:
-            raise CLIError(f"cannot resume: {e}") from None
+        state = restored.state
         _say(f"resuming {out} at step {int(state.step)} of {total}")
+    else:
+        state = _template_state(cfg, model, tx)
+    host = lambda p: p  # noqa: E731
     if mesh is not None:  # parameters and optimizer state on every device, the streams split
         from jaxrnn import parallel
 
         state = parallel.shard_state(state, mesh)
-    host = (lambda p: p) if mesh is None else parallel.gather  # evaluate and sample on one device
+        host = parallel.gather  # evaluate and sample on one device
+        if restored:
+            restored = restored._replace(state=state)
     os.makedirs(out, exist_ok=True)
     _write_json(cfg_path, {k: cfg[k] for k in TRAIN_DEFAULTS})
     n_params = sum(int(np.prod(a.shape)) for a in jax.tree_util.tree_leaves(state.params))
@@ -476,91 +495,36 @@ def _train(args: argparse.Namespace) -> int:
          f"validation every {eval_every} steps -> {out}"
          + (f", data-parallel over {args.devices} devices" if mesh is not None else ""))
 
-    step_fn = _step_fn(model, tx, mesh)
     eval_rows = _eval_rows(cfg, len(corpus.valid))
 
-    def save(st):
-        meta = {"vocab": vocab.to_dict(), "history": history, "elapsed": elapsed, "config": cfg,
-                "corpus": corpus.description}
-        checkpoint.save_state(ckpt_path, st, position=batches.state_dict(), metadata=meta)
-
     def validate(st) -> float:
-        t0 = time.perf_counter()
-        nll = lm.evaluate(model, host(st.params), corpus.valid, eval_rows, T)
-        elapsed["eval_seconds"] += time.perf_counter() - t0
-        return nll
+        return lm.evaluate(model, host(st.params), corpus.valid, eval_rows, T)
 
-    start_step = int(state.step)
+    def eval_message(step: int, values: dict) -> str:
+        nll = values["loss"]
+        msg = f"step {step}: validation loss {nll:.4f}, perplexity {math.exp(min(nll, 700)):.2f}"
+        if vocab.level == "char":
+            msg += f", {nll / math.log(2):.4f} bits/char"
+        return msg
+
+    result = train.fit(
+        _step_fn(model, tx, mesh), state, batches, num_steps=total, evaluate=validate, eval_every=eval_every,
+        checkpoint=ckpt_path, checkpoint_every=cfg["checkpoint_every"], resume=restored,
+        metadata={"vocab": vocab.to_dict(), "config": cfg, "corpus": corpus.description},
+        max_skips=cfg["max_skips"], progress=not args.no_progress, tokens_per_step=B * T,
+        postfix=lambda loss: {"ppl": f"{math.exp(min(loss, 700)):.2f}"}, format_eval=eval_message, log=_say,
+    )
+    state, history, elapsed = result.state, result.history, result.elapsed
     wall0 = time.perf_counter() - elapsed["wall_seconds"]
-    pending: list = []  # (step, device loss) not yet fetched
-    bar = None
-    if not args.no_progress:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=total, initial=min(start_step, total), unit="step", dynamic_ncols=True, file=sys.stderr)
-
-    def flush():
-        for s, l in pending:
-            history["train_steps"].append(s)
-            history["train_loss"].append(float(l))
-        pending.clear()
-
-    interrupted = False
-    with _StopFlag() as flag:
-        step = start_step
-        while step < total:
-            try:
-                x, y = next(batches)
-            except StopIteration:
-                break
-            t0 = time.perf_counter()
-            state, metrics = step_fn(state, x, y)
-            step += 1
-            pending.append((step, metrics["loss"]))
-            # Fetch the losses every 10 steps (and before validating or stopping) inside the
-            # timed region, so that asynchronous dispatch does not hide training time.
-            if step % 10 == 0 or step % eval_every == 0 or step == total or flag.stop or step == start_step + 1:
-                jax.block_until_ready(metrics["loss"])
-                flush()
-            dt = time.perf_counter() - t0
-            if step == start_step + 1:  # includes compilation (once per session)
-                elapsed["first_step_seconds"] += dt
-                elapsed["sessions"] += 1
-            elapsed["train_seconds"] += dt
-            if step % eval_every == 0 or step == total:
-                flush()
-                nll = validate(state)
-                history["val_steps"].append(step)
-                history["val_loss"].append(nll)
-                elapsed["wall_seconds"] = time.perf_counter() - wall0
-                save(state)
-                msg = f"step {step}: validation loss {nll:.4f}, perplexity {math.exp(min(nll, 700)):.2f}"
-                if vocab.level == "char":
-                    msg += f", {nll / math.log(2):.4f} bits/char"
-                (bar.write if bar is not None else _say)(msg)
-            if bar is not None:
-                bar.update(1)
-                if history["train_loss"] and (step % 10 == 0 or step == total):
-                    recent = history["train_loss"][-10:]
-                    l = sum(recent) / len(recent)
-                    bar.set_postfix(loss=f"{l:.3f}", ppl=f"{math.exp(min(l, 700)):.2f}",
-                                    tok_s=f"{(step - start_step) * B * T / max(elapsed['train_seconds'], 1e-9):,.0f}"
-                                    if step > start_step else "-", refresh=False)
-            if flag.stop:
-                interrupted = True
-                break
-    flush()
-    if bar is not None:
-        bar.close()
-    elapsed["wall_seconds"] = time.perf_counter() - wall0
-    if interrupted:
-        save(state)
-        _say(f"interrupted at step {int(state.step)}: checkpoint saved to {ckpt_path}; continue with "
-             f"`jaxrnn train --out {out} --resume`")
+    if result.stopped == "interrupted":
+        _say(f"continue with `jaxrnn train --out {out} --resume`")
         return 130
-    save(state)
+    if result.stopped == "nonfinite":
+        print(f"jaxrnn train: error: training diverged: {result.message}. Lower --lr or --clip, or continue with "
+              f"`jaxrnn train --out {out} --resume --max-skips N` to allow more", file=sys.stderr)
+        return 1
 
-    steps_done = int(state.step)
+    steps_done = result.step
     if history["val_steps"] and history["val_steps"][-1] == steps_done:
         val_nll = history["val_loss"][-1]
     else:
@@ -569,10 +533,12 @@ def _train(args: argparse.Namespace) -> int:
     train_tokens = steps_done * B * T
     later = elapsed["train_seconds"] - elapsed["first_step_seconds"]
     later_steps = steps_done - elapsed["sessions"]
+    recent = [v for v in history["train_loss"][-50:] if v is not None]
     metrics_out = {
         **{f"val_{k}": v for k, v in _scores(val_nll, vocab.level).items()},
         **{f"test_{k}": v for k, v in _scores(test_nll, vocab.level).items()},
         "steps": steps_done,
+        "skipped_steps": len(history["skipped_steps"]),
         "tokens": train_tokens,
         "tokens_per_s": train_tokens / max(elapsed["train_seconds"], 1e-9),
         "tokens_per_s_after_first_step": (later_steps * B * T / later) if later_steps > 0 and later > 0 else None,
@@ -580,8 +546,7 @@ def _train(args: argparse.Namespace) -> int:
         "first_step_seconds": elapsed["first_step_seconds"],
         "eval_seconds": elapsed["eval_seconds"],
         "wall_seconds": time.perf_counter() - wall0,
-        "train_loss_last": (sum(history["train_loss"][-50:]) / len(history["train_loss"][-50:]))
-        if history["train_loss"] else None,
+        "train_loss_last": sum(recent) / len(recent) if recent else None,
         "parameters": n_params,
         "devices": args.devices,
         "vocab_size": vocab.size,
@@ -603,6 +568,8 @@ def _train(args: argparse.Namespace) -> int:
         summary += f", {metrics_out['val_bpc']:.4f} bits/char"
     summary += (f"), test perplexity {metrics_out['test_perplexity']:.2f}; {metrics_out['tokens_per_s']:,.0f} "
                 f"training tokens/s, {metrics_out['wall_seconds']:.1f} s in all")
+    if history["skipped_steps"]:
+        summary += f"; {len(history['skipped_steps'])} step(s) skipped for a non-finite gradient"
     _say(summary)
     _say(f"wrote {os.path.join(out, METRICS)}, {os.path.join(out, CURVES)}, {ckpt_path}")
     _say(f"--- sample (temperature {cfg['temperature']}) ---\n{text}\n---")
@@ -646,8 +613,8 @@ def _generate(args: argparse.Namespace) -> int:
     cfg, model, vocab, restored = _load_run(args.run)
     length = args.length if args.length is not None else (500 if vocab.level == "char" else 100)
     _positive("length", length)
-    if not args.temperature >= 0:
-        raise CLIError(f"--temperature must be >= 0 (0 = greedy), got {args.temperature}")
+    _checked(_validate.number, "temperature", "--temperature", args.temperature, low=0, note="(0 = greedy)")
+    _checked(_validate.non_negative_int, "seed", "--seed", args.seed)
     if args.top_k is not None and not 1 <= args.top_k <= vocab.size:
         raise CLIError(f"--top-k must be in [1, {vocab.size}] (the vocabulary size), got {args.top_k}")
     _, text = _sample_text(model, restored.state.params, vocab, args.prompt, length, args.temperature, args.top_k,
@@ -660,7 +627,7 @@ def _generate(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the command line; returns the exit status (0 ok, 2 bad input, 130 interrupted)."""
+    """Run the command line; returns the exit status (0 ok, 1 training diverged, 2 bad input, 130 interrupted)."""
     args = build_parser().parse_args(argv)
     try:
         if args.command == "train":

@@ -123,6 +123,13 @@ class OffsetBatches(Iterator):
                     f"1-D tokens must be integer token ids (targets are the next ids), got dtype {inputs.dtype}; "
                     "for a real-valued series pass features of shape (N, F) or explicit targets="
                 )
+            if inputs.ndim > 1 and (np.issubdtype(inputs.dtype, np.integer) or inputs.dtype == np.bool_):
+                raise ValueError(
+                    f"tokens of shape {shape_str(inputs.shape)} with the integer dtype {inputs.dtype} and no "
+                    "targets: token ids must be one 1-D stream (N,) (for several sequences, concatenate them: "
+                    "tokens.reshape(-1)); features (N, F) must be floating (tokens.astype(np.float32)), or pass "
+                    "targets= explicitly"
+                )
         else:
             targets = _host_array("targets", targets)
             if targets.ndim < 1 or targets.shape[0] != inputs.shape[0]:

@@ -292,7 +292,35 @@ def loss_fn(model: LanguageModel) -> Callable:
         value, rnn_carry = loss(model, params, rnn_carry, x, y, key=sub if model.dropout > 0 else None)
         return value, (rnn_carry, jax.random.key_data(key))
 
+    def check_inputs(x, y):  # run by the jr.tbptt / jr.bptt steps on the host batch
+        _check_ids("x", x, model.vocab_size)
+        _check_ids("y", y, model.vocab_size)
+
+    fn.check_inputs = check_inputs
     return fn
+
+
+def _check_ids(name: str, ids: Any, vocab_size: int) -> None:
+    """Raise ``ValueError`` naming ``name`` if host token ids fall outside ``[0, vocab_size)``.
+
+    Inside ``jit`` an out-of-range id is not an error: the embedding gather clamps it to
+    the last row and the cross-entropy of a target id ``>= V`` is NaN, so the step would
+    train on wrong data or write NaN. The check runs on NumPy arrays (and lists), where
+    the batches of :mod:`jaxrnn.data` are before a step is called; device arrays and
+    tracers are left alone (reading them back would stall the device).
+    """
+    if isinstance(ids, (list, tuple)):
+        ids = np.asarray(ids)
+    if not isinstance(ids, np.ndarray) or ids.size == 0 or not np.issubdtype(ids.dtype, np.integer):
+        return
+    lo, hi = int(ids.min()), int(ids.max())
+    if lo < 0 or hi >= vocab_size:
+        bad = lo if lo < 0 else hi
+        where = tuple(int(i) for i in np.argwhere(ids == bad)[0])
+        raise ValueError(
+            f"{name} holds the token id {bad} at index {where}, outside the vocabulary: ids must be in "
+            f"[0, {vocab_size - 1}] (vocab_size={vocab_size})"
+        )
 
 
 # --------------------------------------------------------------------------- metrics
@@ -342,6 +370,7 @@ def evaluate(model: LanguageModel, params: dict, tokens, batch_size: int, seq_le
     tokens = np.asarray(tokens)
     if tokens.ndim != 1 or not np.issubdtype(tokens.dtype, np.integer):
         raise ValueError(f"tokens must be a 1-D integer array, got dtype {tokens.dtype} and shape {shape_str(tokens.shape)}")
+    _check_ids("tokens", tokens, model.vocab_size)
     n = tokens.shape[0]
     length = (n - 1) // batch_size
     if length < 1:

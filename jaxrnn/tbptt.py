@@ -51,7 +51,18 @@ import optax
 
 from jaxrnn import optim
 from jaxrnn._checks import shape_str
-from jaxrnn.bptt import LossFn, Step, TrainState, _check_state, _copy, apply_gradients, init_state, value_and_grad
+from jaxrnn._step import (  # the training core shared with jaxrnn.bptt
+    LossFn,
+    Step,
+    TrainState,
+    _check_state,
+    _copy,
+    apply_gradients,
+    check_fn,
+    init_state,
+    input_check,
+    value_and_grad,
+)
 
 __all__ = [
     "TrainState", "init_state", "make_step", "make_epoch", "reset_carry",
@@ -167,12 +178,6 @@ def _segment_step(loss_fn: LossFn, tx: optax.GradientTransformation, state: Trai
     return TrainState(params, opt_state, new_carry, state.step + 1), metrics
 
 
-def _check_fn(loss_fn: Any, tx: Any) -> None:
-    if not callable(loss_fn):
-        raise TypeError(f"loss_fn must be callable as loss_fn(params, carry, x, y), got {type(loss_fn).__name__}")
-    optim._check_tx("tx", tx)
-
-
 def make_step(loss_fn: LossFn, tx: optax.GradientTransformation, *, donate: bool = True, mesh: Any = None) -> Step:
     """A jitted TBPTT step over one segment: ``state, metrics = step(state, x, y, reset=None)``.
 
@@ -204,14 +209,13 @@ def make_step(loss_fn: LossFn, tx: optax.GradientTransformation, *, donate: bool
       carry either. ``step.trace_count`` counts traces: it stays 1 over a stream of
       equally shaped segments.
     """
-    _check_fn(loss_fn, tx)
+    check_fn(loss_fn, tx)
 
     def tbptt_step(state: TrainState, x: Any, y: Any, reset: Any = None):
         """One TBPTT segment."""
         return _segment_step(loss_fn, tx, state, x, y, reset)
 
-    step = Step(tbptt_step, donate=donate, name="tbptt_step", mesh=mesh)
-    return step
+    return Step(tbptt_step, donate=donate, name="tbptt_step", mesh=mesh, check_inputs=input_check(loss_fn))
 
 
 def make_epoch(loss_fn: LossFn, tx: optax.GradientTransformation, *, donate: bool = True, mesh: Any = None) -> Step:
@@ -231,7 +235,7 @@ def make_epoch(loss_fn: LossFn, tx: optax.GradientTransformation, *, donate: boo
       A :class:`~jaxrnn.bptt.Step` ``epoch(state, xs, ys, resets=None)``; ``resets``, if
       given, is a bool array ``(S, B)``: the rows reset before each segment.
     """
-    _check_fn(loss_fn, tx)
+    check_fn(loss_fn, tx)
 
     def tbptt_epoch(state: TrainState, xs: Any, ys: Any, resets: Any = None):
         """``S`` TBPTT segments in one ``lax.scan``."""
@@ -247,7 +251,8 @@ def make_epoch(loss_fn: LossFn, tx: optax.GradientTransformation, *, donate: boo
 
         return jax.lax.scan(body, state, (xs, ys, resets))
 
-    return Step(tbptt_epoch, donate=donate, name="tbptt_epoch", mesh=mesh, batch_axis=1)
+    return Step(tbptt_epoch, donate=donate, name="tbptt_epoch", mesh=mesh, batch_axis=1,
+                check_inputs=input_check(loss_fn))
 
 
 # --------------------------------------------------------------------------- TBPTT(k1, k2)
@@ -347,7 +352,7 @@ def make_k1k2_step(
       the norm of its gradient through the whole window, before clipping). It is traced once per distinct history length: ``ceil((k2 -
       k1) / k1) + 1`` times while the history fills, then never again.
     """
-    _check_fn(loss_fn, tx)
+    check_fn(loss_fn, tx)
     for name, v in (("k1", k1), ("k2", k2)):
         if isinstance(v, bool) or not isinstance(v, int) or v < 1:
             raise ValueError(f"{name} must be a positive int, got {v!r}")
@@ -394,4 +399,5 @@ def make_k1k2_step(
         hy = None if h_next == 0 else _slice_t(wy, cut, w)
         return K1K2State(params, opt_state, carry, state.step + 1, next_start, hx, hy), metrics
 
-    return Step(k1k2_step, donate=donate, name="k1k2_step", quiet_donation=True, mesh=mesh)
+    return Step(k1k2_step, donate=donate, name="k1k2_step", quiet_donation=True, mesh=mesh,
+                check_inputs=input_check(loss_fn))

@@ -266,3 +266,12 @@ def test_kill_and_resume_is_bitwise_identical_to_an_uninterrupted_run(tmp_path):
         state, _ = step(state, *next(batches))
     resumed = jax.tree_util.tree_map(np.asarray, state)
     leaves_equal(resumed, straight)  # params, optimizer state, carry and step, bit for bit
+
+
+def test_a_directory_path_is_named(tmp_path):
+    checkpoint.save(tmp_path / "run.safetensors", {"w": np.ones(2)})
+    for call in (lambda: checkpoint.load(tmp_path), lambda: checkpoint.restore(tmp_path, like={"w": np.ones(2)}),
+                 lambda: checkpoint.save(tmp_path, {"w": np.ones(2)})):
+        with pytest.raises(ValueError, match=f"{tmp_path} is a directory, not a checkpoint file: pass the file's "
+                                             "path; it holds run.safetensors"):
+            call()

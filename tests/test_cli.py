@@ -221,10 +221,95 @@ def test_bad_settings(tmp_path, corpus_file, capsys):
     assert _train("--corpus", corpus_file, "--tie", "--out", str(tmp_path / "r")) == 2
     assert "hidden must equal embed; got hidden=16, embed=8" in capsys.readouterr().err
     assert _train("--corpus", corpus_file, "--batch-size", "4000", "--out", str(tmp_path / "r")) == 2
-    assert "batch_size * seq_len must be at most" in capsys.readouterr().err
+    assert "--batch-size 4000 x --seq-len 8 = 32000 tokens do not fit in the training split" in capsys.readouterr().err
     assert _train("--corpus", corpus_file, "--lr", "-1", "--out", str(tmp_path / "r")) == 2
     assert "--lr must be a positive number" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         cli.main(["train", "--steps", "3", "--epochs", "2"])  # argparse: mutually exclusive
     assert cli.main(["eval", "--run", str(tmp_path / "nothing")]) == 2
     assert "is not a finished or interrupted jaxrnn run" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--lr", "nan"], "--lr must be a finite number, got nan (expected a positive number)"),
+        (["--lr", "inf"], "--lr must be a finite number, got inf (expected a positive number)"),
+        (["--clip", "nan"], "--clip must be a finite number, got nan (expected a number >= 0 (0 turns clipping off))"),
+        (["--clip", "-1"], "--clip must be a number >= 0 (0 turns clipping off), got -1.0"),
+        (["--dropout", "nan"], "--dropout must be a finite number, got nan (expected a number in [0, 1))"),
+        (["--dropout", "1"], "--dropout must be a number in [0, 1), got 1.0"),
+        (["--temperature", "inf"], "--temperature must be a finite number, got inf"),
+        (["--seq-len", "0"], "--seq-len must be a positive int, got 0"),
+        (["--max-skips", "0"], "--max-skips must be a positive int, got 0"),
+        (["--seed", "-3"], "--seed must be an int >= 0, got -3"),
+        (["--seq-len", "1000"], "--batch-size 4 x --seq-len 1000 = 4000 tokens do not fit in the training split of "
+                                "2298 tokens"),
+    ],
+)
+def test_numeric_flags_must_be_finite_and_in_range(flags, message, corpus_file, tmp_path, capsys):
+    capsys.readouterr()
+    assert _train("--corpus", corpus_file, "--steps", "2", *flags, "--out", str(tmp_path / "r")) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+    assert not os.path.exists(tmp_path / "r" / cli.CONFIG)  # nothing written, no NaN in a config.json
+
+
+def test_corrupt_config_json_is_named(reference_run, tmp_path, capsys):
+    import shutil
+
+    run = str(tmp_path / "run")
+    shutil.copytree(reference_run, run)
+    with open(os.path.join(run, cli.CONFIG), "w") as f:
+        f.write('{"hidden": 16, "lr": NaN')  # cut short
+    capsys.readouterr()
+    for argv in (["train", "--out", run, "--resume", "--no-progress"], ["eval", "--run", run]):
+        assert cli.main(argv) == 2
+        err = capsys.readouterr().err
+        assert f"{os.path.join(run, cli.CONFIG)} is not valid JSON (Expecting ',' delimiter at line 1, column 25)" in err
+        assert "the file is damaged" in err and "Traceback" not in err
+
+
+def _poison_loss(monkeypatch, poisoned):
+    """Make the LM loss NaN (so the gradient is NaN) on every segment where
+    ``poisoned(model, x)``; the step built with it lives in a throwaway cache."""
+    import jax.numpy as jnp
+
+    from jaxrnn import lm
+
+    real = lm.loss
+
+    def loss(model, params, carry, x, y, key=None):
+        value, carry = real(model, params, carry, x, y, key)
+        return value * jnp.where(poisoned(model, x), jnp.nan, 1.0), carry
+
+    monkeypatch.setattr(lm, "loss", loss)
+    monkeypatch.setattr(cli, "_CACHE", {})
+
+
+def test_nonfinite_steps_are_skipped_counted_and_stop_the_run(tmp_path, monkeypatch, capsys):
+    import jax.numpy as jnp
+
+    text = list(_text())
+    for pos in (20, 44, 52, 60):  # read by stream 0 in steps 3, 6, 7 and 8 (segments of 8)
+        text[pos] = "~"  # sorts last: id V - 1
+    p = tmp_path / "c.txt"
+    p.write_text("".join(text), encoding="utf-8")
+    _poison_loss(monkeypatch, lambda model, x: jnp.any(x == model.vocab_size - 1))
+    run = str(tmp_path / "run")
+    capsys.readouterr()
+    assert _train("--corpus", str(p), "--steps", "12", "--out", run, "--max-skips", "3") == 1
+    err = capsys.readouterr().err
+    assert ("jaxrnn train: error: training diverged: stopped at step 8: the last 3 steps had a non-finite gradient "
+            "and were skipped (max_skips=3); 4 skipped in all. Lower --lr or --clip, or continue with `jaxrnn train "
+            f"--out {run} --resume --max-skips N` to allow more") in err
+    arrays, meta = _ckpt(run)  # saved at the stop, with finite parameters
+    assert int(arrays[".step"]) == 8 and meta["metadata"]["history"]["skipped_steps"] == [3, 6, 7, 8]
+    assert all(np.isfinite(a).all() for k, a in arrays.items() if k.startswith(".params"))
+    assert not os.path.exists(os.path.join(run, cli.METRICS))
+    # continue: step 9 is finite again; skipped steps are counted in metrics.json and the summary
+    assert _train("--out", run, "--resume", "--max-skips", "5") == 0
+    assert "4 step(s) skipped for a non-finite gradient" in capsys.readouterr().out
+    m = _metrics(run)
+    assert m["skipped_steps"] == 4 and m["history"]["skipped_steps"] == [3, 6, 7, 8] and m["steps"] == 12
+    assert m["history"]["train_loss"][2] is None and m["history"]["train_loss"][3] is not None  # NaN as JSON null

@@ -226,3 +226,15 @@ def test_split_segments_layout():
     assert jr.data.split_segments(x, 5, drop_remainder=True).shape == (2, 2, 5, 3)
     with pytest.raises(ValueError, match="same time length"):
         jr.data.split_segments((x, y[:, :6]), 2)
+
+
+def test_two_dimensional_integer_tokens_without_targets_are_refused():
+    rows = np.arange(40).reshape(4, 10)  # e.g. four token sequences stacked by mistake
+    with pytest.raises(ValueError, match=r"tokens of shape \(4, 10\) with the integer dtype int64 and no targets: "
+                                         r"token ids must be one 1-D stream"):
+        jr.data.offset_batches(rows, 2, 2)
+    # floating features, or explicit targets, are read as (N, F) as before
+    x, _ = next(jr.data.offset_batches(rows.astype(np.float32), 2, 2))
+    assert x.shape == (2, 2, 10)
+    x, y = next(jr.data.offset_batches(rows, 2, 2, targets=np.arange(4)))
+    assert x.shape == (2, 2, 10) and y.tolist() == [[0, 1], [2, 3]]

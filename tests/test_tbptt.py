@@ -356,3 +356,45 @@ def test_k1k2_validation():
     x, y = data(3)
     with pytest.raises(ValueError, match="k1=2"):
         step(jr.tbptt.init_k1k2_state(make_params(), tx, jnp.zeros((B, H))), x, y)
+
+
+# --------------------------------------------------------------------------- host-boundary checks
+
+
+def _lm_step(make=None, **kw):
+    model = jr.lm.language_model(7, hidden=4, embed=3)
+    tx = optax.sgd(0.1)
+    step = (make or jr.tbptt.make_step)(jr.lm.loss_fn(model), tx, **kw)
+    state = jr.tbptt.init_state(model.init(jax.random.key(0)), tx, jr.lm.train_carry(model, 2, 0))
+    return step, state
+
+
+@pytest.mark.parametrize("make", [jr.tbptt.make_step, jr.bptt.make_step])
+def test_out_of_range_token_ids_are_refused_before_the_step(make):
+    step, state = _lm_step(make)
+    x = np.zeros((2, 3), np.int32)
+    with pytest.raises(ValueError, match=r"y holds the token id 7 at index \(1, 2\), outside the vocabulary: ids "
+                                         r"must be in \[0, 6\] \(vocab_size=7\)"):
+        step(state, x, np.array([[1, 2, 3], [4, 5, 7]], np.int32))
+    with pytest.raises(ValueError, match=r"x holds the token id 9 at index \(0, 1\), outside the vocabulary"):
+        step(state, np.array([[0, 9, 1], [1, 1, 1]], np.int32), x)
+    with pytest.raises(ValueError, match=r"x holds the token id -1 at index \(1, 0\)"):
+        step(state, np.array([[0, 0, 0], [-1, 1, 1]], np.int32), x)
+    assert step.trace_count == 0  # refused on the host: nothing was traced, nothing updated
+    state, metrics = step(state, x, np.full((2, 3), 6, np.int32))  # the largest id is fine
+    assert np.isfinite(float(metrics["loss"]))
+
+
+def test_a_donated_state_used_again_is_named():
+    step, state = _lm_step()
+    x = np.zeros((2, 3), np.int32)
+    new_state, _ = step(state, x, x)
+    with pytest.raises(ValueError, match=r"state was already passed to a step that donates its buffers \(the "
+                                         r"array at state.* has been reused.*pass the state the last call "
+                                         r"returned, `state, metrics = tbptt_step\(state, ...\)`, or make the "
+                                         r"step with donate=False"):
+        step(state, x, x)
+    step(new_state, x, x)  # the returned state is fine
+    keep, state = _lm_step(donate=False)
+    keep(state, x, x)
+    keep(state, x, x)  # without donation the old state stays usable
