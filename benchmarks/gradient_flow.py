@@ -15,7 +15,7 @@ without clipping by global norm (``jr.clipped``): loss and gradient norm per upd
 Usage::
 
     python benchmarks/gradient_flow.py            # full run (a few minutes on 2 cores)
-    python benchmarks/gradient_flow.py --quick    # < 1 minute
+    python benchmarks/gradient_flow.py --quick    # a smoke run: 50 updates per cell
 
 Writes ``gradient_flow{,_clipping}.png`` and ``gradient_flow.{md,json}`` to ``--out``
 (``_quick`` names with ``--quick``).
@@ -115,27 +115,27 @@ def train_bptt(loss_fn, params, tx, carry, batches, progress):
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--quick", action="store_true", help="smaller run: 100 updates, T <= 30 (< 1 minute)")
+    p.add_argument("--quick", action="store_true", help="smaller run: 50 updates, T <= 30 (a smoke run)")
     p.add_argument("--hidden", type=int, default=32)
     p.add_argument("--lag", type=int, default=5, help="delayed-recall lag for the training runs")
     p.add_argument("--symbols", type=int, default=4)
     p.add_argument("--seq-len", type=int, default=50, help="T of the diagnosed sequences and the training sequences")
     p.add_argument("--batch", type=int, default=32)
-    p.add_argument("--updates", type=int, default=None, help="training updates per cell (default 1000; 100 quick)")
+    p.add_argument("--updates", type=int, default=None, help="training updates per cell (default 1000; 50 quick)")
     p.add_argument("--diag-seqs", type=int, default=8, help="sequences the diagnostics average over")
     p.add_argument("--explode-gamma", type=float, default=1.5, help="||W_h|| of the exploding tanh RNN (default 1.5)")
     p.add_argument("--explode-lr", type=float, default=2.0, help="SGD learning rate of the exploding runs (default 2)")
     p.add_argument("--explode-clip", type=float, default=1.0, help="max_norm of the clipped run")
-    p.add_argument("--explode-updates", type=int, default=None, help="updates per exploding run (default 300; 100 quick)")
+    p.add_argument("--explode-updates", type=int, default=None, help="updates per exploding run (default 300; 50 quick)")
     p.add_argument("--explode-seq-len", type=int, default=50, help="sequence length of the exploding runs (default 50)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=None, help="output folder (default: benchmarks/results; a new temporary folder with --quick)")
     args = p.parse_args(argv)
     args.out = output_dir(args.out, args.quick, "gradient_flow")
     if args.updates is None:
-        args.updates = 100 if args.quick else 1000
+        args.updates = 50 if args.quick else 1000
     if args.explode_updates is None:
-        args.explode_updates = 100 if args.quick else 300
+        args.explode_updates = 50 if args.quick else 300
     if args.quick:
         args.diag_seqs = min(args.diag_seqs, 4)
         args.seq_len = min(args.seq_len, 30)

@@ -28,7 +28,7 @@ validation every 250 steps.
 Usage::
 
     python benchmarks/lm_compare.py                 # full comparison (tens of minutes on 2 cores)
-    python benchmarks/lm_compare.py --quick         # smoke run: 300k characters, hidden 64, 40 steps
+    python benchmarks/lm_compare.py --quick         # smoke run: 300k characters, hidden 64, 20 steps
     python benchmarks/lm_compare.py --only report   # rebuild the report from saved runs
 
 Writes to ``--out`` (default ``benchmarks/results``), with ``NAME`` = ``--name``
@@ -360,7 +360,7 @@ def main(argv=None) -> int:
     p.add_argument("--out", default=None, help="output folder (default: benchmarks/results; a new temporary folder with --quick)")
     p.add_argument("--name", default="lm_shakespeare_char")
     p.add_argument("--work", default=os.path.join("/tmp", "jaxrnn_lm_compare"), help="scratch space (checkpoints)")
-    p.add_argument("--quick", action="store_true", help="300k characters, hidden 64, 40 steps, 1 speed round")
+    p.add_argument("--quick", action="store_true", help="300k characters, hidden 64, 20 steps (speed rounds of 5 steps, if --speed-rounds)")
     p.add_argument("--speed-probe", choices=sorted(VARIANTS), help=argparse.SUPPRESS)
     p.add_argument("--settings", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
@@ -384,8 +384,8 @@ def main(argv=None) -> int:
             text = f.read(300_000)
         with open(prefix, "w", encoding="utf-8") as f:
             f.write(text)
-        s.update(corpus=prefix, hidden=64, steps=40, eval_every=20)
-        args.speed_rounds, args.speed_steps = max(args.speed_rounds, 1), min(args.speed_steps, 10)
+        s.update(corpus=prefix, hidden=64, steps=20, eval_every=10)
+        args.speed_steps = min(args.speed_steps, 5)  # no speed round unless --speed-rounds asks for one
 
     info_path = os.path.join(args.out, f"{name}_process.json")
     info = {}

@@ -20,7 +20,7 @@ the steps ``t >= k``.
 Usage::
 
     python benchmarks/tbptt_horizon.py            # full run (a few minutes on 2 cores)
-    python benchmarks/tbptt_horizon.py --quick    # < 1 minute, fewer updates
+    python benchmarks/tbptt_horizon.py --quick    # a smoke run: 100 updates, one seed
 
 Writes ``tbptt_horizon.{md,json,png}`` to ``--out`` (default ``benchmarks/results``).
 """
@@ -128,15 +128,15 @@ def run_bptt(args, seed, eval_batch, progress):
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--quick", action="store_true", help="300 updates, one seed (< 1 minute; a smoke test, too short to learn)")
+    p.add_argument("--quick", action="store_true", help="100 updates, one seed, T = k/2 and 3k/2 (a smoke test, too short to learn)")
     p.add_argument("--lag", type=int, default=20, help="k, the recall lag (default 20)")
     p.add_argument("--symbols", type=int, default=2, help="alphabet size; chance accuracy is 1/symbols (default 2)")
     p.add_argument("--cell", choices=["gru", "lstm"], default="gru")
     p.add_argument("--hidden", type=int, default=64)
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--lr", type=float, default=1e-2)
-    p.add_argument("--updates", type=int, default=None, help="optimizer updates per run (default 2500; 300 with --quick)")
-    p.add_argument("--segments", type=int, nargs="+", default=None, help="TBPTT segment lengths (default k/4, k/2, k, 3k/2, 2k)")
+    p.add_argument("--updates", type=int, default=None, help="optimizer updates per run (default 2500; 100 with --quick)")
+    p.add_argument("--segments", type=int, nargs="+", default=None, help="TBPTT segment lengths (default k/4, k/2, k, 3k/2, 2k; k/2 and 3k/2 with --quick)")
     p.add_argument("--bptt-len", type=int, default=None, help="sequence length for full BPTT (default 4k)")
     p.add_argument("--seeds", type=int, nargs="+", default=None, help="seeds (default 0 1; 0 with --quick)")
     p.add_argument("--no-bptt", action="store_true", help="skip the full-BPTT baseline")
@@ -147,9 +147,10 @@ def main(argv=None):
     args.out = output_dir(args.out, args.quick, "tbptt_horizon")
     k = args.lag
     if args.updates is None:
-        args.updates = 300 if args.quick else 2500
-    if args.segments is None:
-        args.segments = sorted({max(1, k // 4), max(1, k // 2), k, (3 * k) // 2, 2 * k})
+        args.updates = 100 if args.quick else 2500
+    if args.segments is None:  # quick: one segment length on each side of k
+        args.segments = (sorted({max(1, k // 2), (3 * k) // 2}) if args.quick
+                         else sorted({max(1, k // 4), max(1, k // 2), k, (3 * k) // 2, 2 * k}))
     if args.bptt_len is None:
         args.bptt_len = 4 * k
     if args.seeds is None:

@@ -6,6 +6,7 @@ for the API reference only (the source keeps them, and ``help()`` shows them as 
 
 * a paragraph ending in ``::`` followed by an indented block (``Example::``, equations,
   ``>>>`` sessions) becomes the paragraph ending in ``:`` and a fenced code block;
+* a reStructuredText simple table (``====`` borders) is shown as preformatted text;
 * ``:func:`~jaxrnn.x.f``` and the other roles become a cross-reference ``[`f`][jaxrnn.x.f]``
   when the target is a full ``jaxrnn.`` path (a target that does not exist then fails
   ``mkdocs build --strict``), and inline code otherwise.
@@ -18,6 +19,7 @@ from typing import Any
 
 import griffe
 
+TABLE_BORDER = re.compile(r"^\s*=+(\s+=+)+\s*$")
 ROLE = re.compile(r":(?:func|class|mod|data|meth|attr|obj|exc|const):`(~?)([^`]+)`")
 
 
@@ -41,6 +43,13 @@ def convert(text: str) -> str:
     i = 0
     while i < len(lines):
         line = lines[i]
+        if TABLE_BORDER.match(line):  # a simple table: top border, header rule, bottom border
+            borders = [k for k in range(i, len(lines)) if TABLE_BORDER.match(lines[k])][:3]
+            if len(borders) == 3:
+                pad = " " * _indent(line)
+                out += [pad + "```text", *lines[i:borders[2] + 1], pad + "```"]
+                i = borders[2] + 1
+                continue
         if line.rstrip().endswith("::") and not line.strip().startswith(">>>"):
             base = _indent(line)
             stripped = line.rstrip()[:-2].rstrip()
