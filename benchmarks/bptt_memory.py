@@ -17,6 +17,10 @@ Variants (all with ``jr.bptt.make_step`` / ``jr.tbptt.make_step``):
 * ``generic``: ``jr.unroll`` with its fast path switched off (projection hoisted,
   ``lax.scan`` of ``cell.step``): what the library did before ``jaxrnn/fused.py``.
 * ``remat=None`` (default), ``remat="step"``, ``remat="sqrt"``: ``jr.unroll``'s fast path.
+* ``user cell``, ``user cell, "step"``, ``user cell, "sqrt"``: the plain scan's LSTM step
+  written as a cell of the user's own (``jr.Cell(init=..., initial_carry=..., apply=...,
+  hidden_size=...)``), which ``jr.unroll`` runs as a ``lax.scan`` of its ``apply``: with
+  ``remat=None`` it should keep what the plain scan keeps, and the remat modes cut it.
 * ``TBPTT T``: one TBPTT segment step (``jr.tbptt.make_step``) of ``T`` steps; it does
   not see the stream length at all. ``TBPTT epoch`` is ``jr.tbptt.make_epoch`` over a
   whole stream of ``L`` steps in segments of 128: its temp bytes stay flat in ``L``.
@@ -50,7 +54,8 @@ from _common import command_line, header_markdown, machine_info, output_dir, wri
 FULL_LENGTHS = (128, 256, 512, 1024, 2048, 4096, 8192, 16384)
 QUICK_LENGTHS = (512, 2048)
 SQRT = 'remat="sqrt"'
-VARIANTS = ("plain scan", "generic", "remat=None", 'remat="step"', SQRT)
+USER = ("user cell", 'user cell, "step"', 'user cell, "sqrt"')
+VARIANTS = ("plain scan", "generic", "remat=None", 'remat="step"', SQRT) + USER
 SEGMENTS = (32, 128, 512)
 EPOCH_SEGMENT = 128
 OUT = 16
@@ -84,23 +89,28 @@ def build(variant, loss_kind, B, I, H):
     params = {"rnn": cell.init(k1, I), "head": {"w": jax.random.normal(k2, (H, OUT)) / H**0.5, "b": jnp.zeros(OUT)}}
     tx = jr.clipped(optax.sgd(0.01), max_norm=5.0)
 
-    def plain_scan(p, carry, x):
-        def body(c, x_t):
-            h, cc = c
-            z = x_t @ p["w_x"] + p["b"] + h @ p["w_h"]
-            i, f, g, o = jnp.split(z, 4, axis=-1)
-            cc = jax.nn.sigmoid(f) * cc + jax.nn.sigmoid(i) * jnp.tanh(g)
-            h = jax.nn.sigmoid(o) * jnp.tanh(cc)
-            return (h, cc), h
+    def lstm_step(p, c, x_t):
+        h, cc = c
+        z = x_t @ p["w_x"] + p["b"] + h @ p["w_h"]
+        i, f, g, o = jnp.split(z, 4, axis=-1)
+        cc = jax.nn.sigmoid(f) * cc + jax.nn.sigmoid(i) * jnp.tanh(g)
+        h = jax.nn.sigmoid(o) * jnp.tanh(cc)
+        return (h, cc), h
 
-        carry, hs = jax.lax.scan(body, carry, jnp.swapaxes(x, 0, 1))
+    def plain_scan(p, carry, x):
+        carry, hs = jax.lax.scan(lambda c, x_t: lstm_step(p, c, x_t), carry, jnp.swapaxes(x, 0, 1))
         return carry, jnp.swapaxes(hs, 0, 1)
 
-    remat = {"remat=None": None, 'remat="step"': "step", 'remat="sqrt"': "sqrt"}.get(variant)
+    # The same LSTM written as a user's cell: jr.unroll runs it as a lax.scan of its apply.
+    user_cell = jr.Cell(init=cell.init, initial_carry=cell.initial_carry, apply=lstm_step, hidden_size=H)
+    remat = {"remat=None": None, 'remat="step"': "step", 'remat="sqrt"': "sqrt",
+             'user cell, "step"': "step", 'user cell, "sqrt"': "sqrt"}.get(variant)
 
     def loss_fn(p, carry, x, y):
         if variant == "plain scan":
             carry, hs = plain_scan(p["rnn"], carry, x)
+        elif variant in USER:
+            carry, hs = jr.unroll(user_cell, p["rnn"], x, carry, remat=remat)
         else:
             carry, hs = jr.unroll(cell, p["rnn"], x, carry, remat=remat)
         feats = carry[0] if loss_kind == "final" else hs
