@@ -71,6 +71,11 @@ argument; ``backend="auto"`` falls back to the XLA path):
 
 ``unroll`` (the scan's steps per iteration) has no meaning here and is only validated.
 
+``jax.vmap`` of a call that takes this path fails (``NotImplementedError: Batching rule
+for 'rnn_fwd' not implemented``: the cuDNN primitive has none), with ``"auto"`` too; put
+the mapped axis into the batch instead. Data-parallel meshes (``jr.parallel``) have not
+been tried with it.
+
 The function that calls cuDNN is one argument (``_impl``) of :func:`unroll`;
 :func:`lstm_reference` runs ``jax.experimental.rnn.lstm_ref`` (a ``lax.scan`` in plain
 JAX, on any device, any float dtype) on the same packed weights, so every step of this
@@ -104,7 +109,8 @@ BACKENDS = ("xla", "cudnn", "auto")
 def lstm_cudnn(x, h0, c0, weights, seq_lengths, *, input_size, hidden_size, num_layers, bidirectional):
     """cuDNN's LSTM (``jax.experimental.rnn.lstm``): ``x (B, T, I)``, ``h0, c0 (L*D, B,
     H)``, flat ``weights``, int32 ``seq_lengths (B,)`` -> ``(y (B, T, D*H), h_n, c_n)``."""
-    return _rnn.lstm(x, h0, c0, weights, seq_lengths, input_size, hidden_size, num_layers, 0.0, bidirectional)
+    # dropout=False as in jax's own GPU tests (cuDNN's dropout is not jaxrnn's; see unroll).
+    return _rnn.lstm(x, h0, c0, weights, seq_lengths, input_size, hidden_size, num_layers, False, bidirectional)
 
 
 def lstm_reference(x, h0, c0, weights, seq_lengths, *, input_size, hidden_size, num_layers, bidirectional):
@@ -113,14 +119,19 @@ def lstm_reference(x, h0, c0, weights, seq_lengths, *, input_size, hidden_size, 
     runs on any device, in any float dtype."""
     w_ih, w_hh, b_ih, b_hh = _rnn.unpack_lstm_weights(weights, input_size, hidden_size, num_layers, bidirectional)
     return _rnn.lstm_ref(x, h0, c0, w_ih, w_hh, b_ih, b_hh, seq_lengths, input_size, hidden_size,
-                         num_layers, 0.0, bidirectional)
+                         num_layers, False, bidirectional)
 
 
 def available() -> bool:
-    """Whether cuDNN can run here: JAX's default backend is a GPU and CUDA devices exist."""
+    """Whether cuDNN can run here: JAX's default backend is a GPU and its devices are CUDA's."""
     try:
-        return jax.default_backend() == "gpu" and len(jax.devices("cuda")) > 0
-    except RuntimeError:  # no CUDA platform in this jaxlib / no device
+        if jax.default_backend() != "gpu":
+            return False
+        try:
+            return len(jax.devices("cuda")) > 0
+        except RuntimeError:  # "cuda" not a known platform name: read the client's version string
+            return "cuda" in str(getattr(jax.devices()[0].client, "platform_version", "")).lower()
+    except RuntimeError:  # no backend at all
         return False
 
 
