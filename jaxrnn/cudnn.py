@@ -185,7 +185,7 @@ def unsupported(cell: Any, params: Any, xs: Any, carry: Any = None, *, reverse: 
     problem = _module_problem(cell)
     if problem is not None:
         return TypeError, f"backend='cudnn': {problem}"
-    if reverse and isinstance(cell, Bidirectional):
+    if reverse and any(isinstance(layer, Bidirectional) for layer in _layers(cell)):
         return ValueError, "reverse=True has no meaning for a Bidirectional layer (it already reads both ways)"
     if remat is not None:
         return ValueError, (f"backend='cudnn' needs remat=None (cuDNN keeps its own per-step reserve space), "

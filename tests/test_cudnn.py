@@ -255,6 +255,9 @@ def test_unsupported_arguments_raise_naming_them():
     with pytest.raises(ValueError, match=r"reverse=True has no meaning for a Bidirectional"):
         bi = jr.bidirectional(cell)
         cudnn.unroll(bi, bi.init(jax.random.key(0), 3), x32, reverse=True, _impl=REF)
+    with pytest.raises(ValueError, match=r"reverse=True has no meaning for a Bidirectional"):
+        net = jr.stack([cell, jr.bidirectional(cell)])
+        cudnn.unroll(net, net.init(jax.random.key(0), 3), x32, reverse=True, _impl=REF)
     with pytest.raises(ValueError, match=r"without empty axes, got shape \(2, 0, 3\)"):
         cudnn.unroll(cell, p32, jnp.ones((2, 0, 3), jnp.float32), _impl=REF)
     with pytest.raises(ValueError, match=r"lengths must lie in \[0, 4\].*\[0, 5\]"):

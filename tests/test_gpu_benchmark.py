@@ -54,3 +54,22 @@ def test_quick_mode_speed_and_memory_cases_are_reported(quick_run):
     first = payload["memory"][0]
     assert first["status"] == "ok" and first["process"] == "fresh subprocess" and first["temp_bytes"] > 0
     assert any(r["mode"] == "cudnn" and r["status"].startswith("skipped") for r in payload["memory"])
+
+
+def test_a_failing_case_is_recorded_and_the_next_one_runs():
+    sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+    try:
+        import gpu
+    finally:
+        sys.path.pop(0)
+    rows = []
+
+    def broken():
+        raise ZeroDivisionError("boom")
+
+    gpu.isolated(rows, "speed", "broken", broken)
+    gpu.isolated(rows, "speed", "fine", lambda: {"value": 1})
+    gpu.isolated(rows, "speed", "skipped", lambda: (_ for _ in ()).throw(gpu.Skip("no CUDA device")))
+    assert [r["status"] for r in rows] == ["error", "ok", "skipped: no CUDA device"]
+    assert rows[0]["error"] == "ZeroDivisionError: boom" and "broken" in rows[0]["traceback"]
+    assert rows[1]["value"] == 1
