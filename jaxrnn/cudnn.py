@@ -52,9 +52,9 @@ and final carries of zero-length rows are then replaced by zeros and the initial
 ``reverse=True`` (unidirectional layers) reverses each row's valid steps before and
 after the call, as the XLA path does.
 
-Precision. cuDNN uses TF32 tensor cores for float32 unless the matmul precision is
-``"highest"``: ``with jax.default_matmul_precision("highest"):`` turns TF32 off for this
-path and for XLA's products alike.
+Precision. ``jax.experimental.rnn`` lets cuDNN use TF32 tensor cores for float32 unless
+the matmul precision is ``"highest"``: ``with jax.default_matmul_precision("highest"):``
+turns TF32 off for this path and sets XLA's products to full float32 too.
 
 Not supported (``backend="cudnn"`` raises a ``TypeError`` / ``ValueError`` naming the
 argument; ``backend="auto"`` falls back to the XLA path):
