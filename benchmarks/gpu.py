@@ -9,7 +9,10 @@ Writes ``DIR/gpu.md`` and ``DIR/gpu.json`` (``gpu_quick.*`` with ``--quick``); `
 defaults to a new temporary folder, never ``benchmarks/results``. Needs jax, optax and
 jaxrnn; PyTorch and Flax are imported when their cases run, so a missing one is reported
 in the results and the other cases still run. Every case is isolated: an exception is
-recorded in its row and the next case runs. Exit status 1 when a correctness row fails.
+recorded in its row and the next case runs. Each section has a time budget (checked
+between cases; ``--time-scale`` multiplies them), and a full run stops at a 285 s
+deadline, writing what it measured. Exit status 1 when a correctness row fails, 2 when
+the deadline cut the run short, else 0.
 
 Sections:
 
@@ -63,6 +66,7 @@ import contextlib
 import json
 import math
 import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -86,6 +90,7 @@ FULL = {
     "budget": {"correctness": 50.0, "speed": 120.0, "memory": 75.0},  # + start-up and overruns: under 5 min
     "group_s": 6.0,
     "rounds": (3, 7),
+    "deadline_s": 285.0,
 }
 QUICK = {
     "correct": dict(B=4, L=6, I=4, H=5),
@@ -136,6 +141,10 @@ class Skip(Exception):
     pass
 
 
+class Deadline(BaseException):
+    """The global deadline passed (a BaseException, so that no case's handler takes it)."""
+
+
 @contextlib.contextmanager
 def x64():
     import jax
@@ -145,7 +154,9 @@ def x64():
         with ctx(True):
             yield
         return
-    old = jax.config.jax_enable_x64  # pragma: no cover - older/newer jax without the context manager
+    import jax.numpy as jnp  # pragma: no cover - a jax without the context manager
+
+    old = jnp.asarray(1.0).dtype == jnp.float64
     jax.config.update("jax_enable_x64", True)
     try:
         yield
@@ -194,7 +205,7 @@ def rel_err(a, b) -> float:
 # --------------------------------------------------------------------------- (a) correctness
 
 
-def correctness(cfg, configs, precisions, budget_s: float) -> list:
+def correctness(cfg, configs, precisions, budget_s: float | None, rows: list) -> list:
     import jax
     import jax.numpy as jnp
     import numpy as np
@@ -202,7 +213,6 @@ def correctness(cfg, configs, precisions, budget_s: float) -> list:
     import jaxrnn as jr
     from jaxrnn import cudnn
 
-    rows: list = []
     t_end = math.inf if budget_s is None else time.perf_counter() + budget_s
     B, L, I, H = cfg["B"], cfg["L"], cfg["I"], cfg["H"]
     cpu = jax.devices("cpu")[0]
@@ -361,15 +371,13 @@ def flax_apply(kind, H, dtype):
     return nn.RNN(cell(features=H, dtype=dtype, param_dtype=dtype))
 
 
-def speed(cfg, budget_s: float) -> tuple[list, list]:
+def speed(cfg, budget_s: float, rows: list, groups: list) -> tuple[list, list]:
     import jax
     import jax.numpy as jnp
     import numpy as np
 
     import jaxrnn as jr
 
-    rows: list = []
-    groups: list = []
     t_end = time.perf_counter() + budget_s
     cuda = on_cuda()
     gpu = jax.default_backend() == "gpu"
@@ -499,8 +507,11 @@ def memory_case(spec: dict) -> dict:
         compiled = step.jitted.lower(state, x, y).compile()
         state, _ = step(state, x, y)
     jax.block_until_ready(state)
-    m = compiled.memory_analysis()
-    out = {"temp_bytes": int(m.temp_size_in_bytes) if m is not None else None}
+    try:
+        m = compiled.memory_analysis()
+        out = {"temp_bytes": int(m.temp_size_in_bytes) if m is not None else None}
+    except Exception as e:  # noqa: BLE001 - a backend without the analysis
+        out = {"temp_bytes": None, "memory_analysis_error": f"{type(e).__name__}: {e}"[:200]}
     stats = dev.memory_stats()
     if stats and "peak_bytes_in_use" in stats:
         out["peak_bytes_in_use"] = int(stats["peak_bytes_in_use"])
@@ -511,8 +522,7 @@ def memory_case(spec: dict) -> dict:
     return out
 
 
-def memory(cfg, budget_s: float, isolate_all: bool) -> list:
-    rows: list = []
+def memory(cfg, budget_s: float, isolate_all: bool, rows: list) -> list:
     t_end = time.perf_counter() + budget_s
     m = cfg["memory"]
     modes = ["default", "step", "sqrt", f"tbptt T={m['T']}", "cudnn"]
@@ -552,7 +562,8 @@ def memory(cfg, budget_s: float, isolate_all: bool) -> list:
 def gpu_info() -> dict:
     import jax
 
-    info = {"device_kind": jax.devices()[0].device_kind, "default_matmul_precision": str(jax.config.jax_default_matmul_precision),
+    info = {"device_kind": jax.devices()[0].device_kind,
+            "default_matmul_precision": str(getattr(jax.config, "jax_default_matmul_precision", "unknown")),
             "XLA_PYTHON_CLIENT_PREALLOCATE": os.environ.get("XLA_PYTHON_CLIENT_PREALLOCATE"), "cudnn_path_available": on_cuda()}
     try:
         import torch
@@ -560,8 +571,8 @@ def gpu_info() -> dict:
         info.update(torch_cuda=torch.version.cuda, torch_cudnn=torch.backends.cudnn.version() if torch.cuda.is_available() else None,
                     torch_cudnn_allow_tf32=torch.backends.cudnn.allow_tf32,
                     torch_matmul_allow_tf32=torch.backends.cuda.matmul.allow_tf32)
-    except ImportError:
-        info["torch"] = "not importable"
+    except Exception as e:  # noqa: BLE001 - missing or broken torch is reported, not fatal
+        info["torch"] = f"not importable ({type(e).__name__}: {e})"[:200]
     for mod in ("flax", "equinox", "chex"):
         try:
             info[mod] = __import__(mod).__version__
@@ -579,6 +590,8 @@ def markdown(info, payload) -> str:
                              info, payload["command"])]
     lines += ["| device and libraries | |", "|---|---|"] + [f"| {k} | {v} |" for k, v in payload["gpu_info"].items()] + [""]
     lines.append(f"Total time {payload['elapsed_s']:.0f} s. Every row is one isolated case; errors and skips are listed.\n")
+    if payload.get("interrupted"):
+        lines.append(f"**Interrupted: {payload['interrupted']}**; the cases after that point did not run.\n")
     lines.append("## (a) Correctness against a float64 CPU reference\n")
     lines.append("max over leaves of max|a - b| / max|b|; outputs = ys and final carries, grads = every param and xs.\n")
     lines.append("| config | path | precision | outputs | grads | tolerance | status |")
@@ -623,6 +636,8 @@ def parse_args(argv=None):
     p.add_argument("--out", default=None, help="output folder (default: a new temporary folder)")
     p.add_argument("--quick", action="store_true", help="tiny shapes, a couple of rounds: a CPU check in under a minute")
     p.add_argument("--only", default="correctness,speed,memory", help="comma-separated sections to run")
+    p.add_argument("--time-scale", type=float, default=1.0,
+                   help="multiply every time budget (and the 285 s deadline of a full run) by this")
     p.add_argument("--memory-case", default=None, help=argparse.SUPPRESS)  # internal: one memory case, JSON spec
     return p.parse_args(argv)
 
@@ -652,25 +667,42 @@ def main(argv=None) -> int:
 
     import jax
 
+    budgets = {k: (None if v is None else v * args.time_scale) for k, v in cfg["budget"].items()}
+    deadline = None if args.quick else cfg["deadline_s"] * args.time_scale
     info = machine_info()
     payload = {"command": command_line(), "quick": args.quick, "machine": info, "gpu_info": gpu_info(),
                "config": {k: v for k, v in cfg.items()}, "tolerance": TOLERANCE,
                "correctness": [], "speed": [], "speed_cases": [], "memory": []}
     LOG(f"device {jax.devices()[0]} ({payload['gpu_info']['device_kind']}), cuDNN path: {payload['gpu_info']['cudnn_path_available']}")
-    if "correctness" in sections:
-        payload["correctness"] = correctness(cfg["correct"], cfg["correct_configs"], cfg["precisions"],
-                                             cfg["budget"]["correctness"])
-    if "speed" in sections:
-        payload["speed_cases"], payload["speed"] = speed(cfg, cfg["budget"]["speed"])
-    if "memory" in sections:
-        isolate_all = bool(jax.devices()[0].memory_stats()) and not args.quick
-        payload["memory"] = memory(cfg, cfg["budget"]["memory"], isolate_all)
+    if deadline is not None and hasattr(signal, "SIGALRM"):
+        # A last guard: a case that runs past the deadline is interrupted (between Python
+        # bytecodes, so not inside one XLA compilation) and what was measured is written.
+        def on_alarm(signum, frame):
+            raise Deadline(f"global deadline of {deadline:.0f} s reached")
+
+        signal.signal(signal.SIGALRM, on_alarm)
+        signal.alarm(max(1, int(deadline - (time.perf_counter() - t0))))
+    try:
+        if "correctness" in sections:
+            correctness(cfg["correct"], cfg["correct_configs"], cfg["precisions"], budgets["correctness"],
+                        payload["correctness"])
+        if "speed" in sections:
+            speed(cfg, budgets["speed"], payload["speed_cases"], payload["speed"])
+        if "memory" in sections:
+            isolate_all = bool(jax.devices()[0].memory_stats()) and not args.quick
+            memory(cfg, budgets["memory"], isolate_all, payload["memory"])
+    except Deadline as e:
+        payload["interrupted"] = str(e)
+        LOG(f"interrupted: {e}; writing what was measured")
+    finally:
+        if deadline is not None and hasattr(signal, "SIGALRM"):
+            signal.alarm(0)
     payload["elapsed_s"] = time.perf_counter() - t0
     name = "gpu_quick" if args.quick else "gpu"
     md, js = write_results(name, markdown(info, payload), payload, out_dir)
     failed = [r["case"] for r in payload["correctness"] if r["status"] not in ("ok",) and not r["status"].startswith("skipped")]
     LOG(f"wrote {md} and {js} in {payload['elapsed_s']:.0f} s; correctness failures: {failed or 'none'}")
-    return 1 if failed else 0
+    return 1 if failed else (2 if payload.get("interrupted") else 0)
 
 
 if __name__ == "__main__":
