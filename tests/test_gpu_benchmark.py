@@ -50,7 +50,7 @@ def test_quick_mode_speed_and_memory_cases_are_reported(quick_run):
     lstm = payload["speed"][0]
     assert lstm["kind"] == "lstm" and lstm["status"] == "ok"
     assert lstm["runners"]["jaxrnn xla"]["median_ms"] > 0
-    assert lstm["runners"]["jaxrnn cudnn"]["status"] == "skipped: no CUDA device"
+    assert lstm["runners"]["jaxrnn cudnn"]["status"].startswith("skipped")  # no CUDA device (or the budget)
     first = payload["memory"][0]
     assert first["status"] == "ok" and first["process"] == "fresh subprocess" and first["temp_bytes"] > 0
     assert any(r["mode"] == "cudnn" and r["status"].startswith("skipped") for r in payload["memory"])
