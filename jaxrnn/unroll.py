@@ -405,6 +405,7 @@ def unroll(
     unroll: int = 1,
     remat: Any = None,
     key: Array | None = None,
+    backend: str = "xla",
 ):
     """Run a recurrent module over a sequence with ``lax.scan``.
 
@@ -440,6 +441,11 @@ def unroll(
         through :mod:`jaxrnn.fused`, whose backward pass keeps less per step (see there).
       key: PRNG key for dropout between the layers of a :class:`Stack`; ``None`` turns
         dropout off.
+      backend: ``"xla"`` (default): ``lax.scan`` as described here. ``"cudnn"``: an LSTM,
+        a bidirectional LSTM or a stack of them, float32, ``remat=None``, runs through
+        cuDNN (``jax.experimental.rnn``) on a CUDA GPU, with the same results; anything
+        else raises a ``TypeError`` / ``ValueError`` saying why (see
+        :mod:`jaxrnn.cudnn`). ``"auto"``: cuDNN where it can run, else ``"xla"``.
 
     Returns:
       ``(carry, ys)``: the final carry (same structure as ``carry``) and the outputs,
@@ -455,6 +461,14 @@ def unroll(
       >>> ys.shape, bool((ys[1, 3:] == 0).all())
       ((2, 7, 16), True)
     """
+    if backend != "xla":
+        # The cuDNN path (jaxrnn/cudnn.py); imported here, since it imports this module.
+        from jaxrnn import cudnn as _cudnn
+
+        out = _cudnn.dispatch(backend, cell, params, xs, carry, lengths=lengths, reverse=reverse,
+                              time_major=time_major, unroll=unroll, remat=remat, key=key)
+        if out is not None:
+            return out
     _check_module(cell, "cell")
     _check_xs(xs, time_major)
     if isinstance(unroll, bool) or not isinstance(unroll, int) or unroll < 1:
