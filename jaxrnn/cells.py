@@ -46,7 +46,7 @@ Params = dict
 Carry = Any
 
 __all__ = [
-    "Cell", "rnn", "lstm", "gru", "BUILTIN", "from_name", "is_builtin", "check_cell", "check_apply",
+    "Cell", "rnn", "lstm", "gru", "BUILTIN", "GATE_NAMES", "ELMAN", "from_name", "is_builtin", "check_cell", "check_apply",
     "check_cell_params", "check_cell_carry", "check_params", "check_carry",
 ]
 
@@ -107,8 +107,13 @@ class Cell(NamedTuple):
     fused: bool = False
 
 
+#: The built-in cells' gate blocks, in PyTorch's order (an Elman cell has one block and no
+#: gate): the one table that other modules (diagnostics, interop) read.
+GATE_NAMES = {"rnn": (), "rnn_relu": (), "lstm": ("i", "f", "g", "o"), "gru": ("r", "z", "n")}
+#: The built-in Elman cells (``h' = phi(x W_x + b + h W_h)``).
+ELMAN = ("rnn", "rnn_relu")
 _KIND_NAMES = {"rnn": "a tanh RNN", "rnn_relu": "a ReLU RNN", "lstm": "an LSTM", "gru": "a GRU"}
-_KIND_GATES = {"rnn": 1, "rnn_relu": 1, "lstm": 4, "gru": 3}
+_KIND_GATES = {kind: max(1, len(names)) for kind, names in GATE_NAMES.items()}
 
 
 _PROTOCOL = ("init", "initial_carry", "apply", "hidden_size")

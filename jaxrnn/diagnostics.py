@@ -64,7 +64,7 @@ import numpy as np
 from jaxrnn._checks import check_floating, check_rank, shape_str
 from jax.flatten_util import ravel_pytree
 
-from jaxrnn.cells import Cell, check_cell, check_params, is_builtin
+from jaxrnn.cells import ELMAN, GATE_NAMES, Cell, check_cell, check_params, is_builtin
 from jaxrnn.unroll import checked_carry
 
 Array = jax.Array
@@ -82,8 +82,6 @@ __all__ = [
     "by_distance",
 ]
 
-_GATE_NAMES = {"rnn": (), "rnn_relu": (), "lstm": ("i", "f", "g", "o"), "gru": ("r", "z", "n")}
-_ELMAN = ("rnn", "rnn_relu")
 
 
 class JacobianNorms(NamedTuple):
@@ -207,7 +205,7 @@ def recurrent_norms(cell: Cell, params) -> dict:
     w_h = _w_h(cell, params, "recurrent_norms")
     h = cell.hidden_size
     out = {"w_h": spectral_norm(w_h)}
-    for i, name in enumerate(_GATE_NAMES[cell.kind] if is_builtin(cell) else ()):
+    for i, name in enumerate(GATE_NAMES[cell.kind] if is_builtin(cell) else ()):
         out[name] = spectral_norm(w_h[:, i * h : (i + 1) * h])
     return out
 
@@ -219,7 +217,7 @@ def activation_bound(cell: Cell) -> float:
     ``diag(phi'(z)) W_h^T`` (use :func:`jacobian_norms`' ``step_bound`` for them).
     """
     _check_cell(cell)
-    if not (is_builtin(cell) and cell.kind in _ELMAN):
+    if not (is_builtin(cell) and cell.kind in ELMAN):
         what = f"a cell of kind {cell.kind!r}" if is_builtin(cell) else f"a cell of your own ({type(cell).__name__})"
         raise TypeError(
             f"activation_bound and elman_bound apply to Elman cells only (jr.rnn, kind 'rnn' or 'rnn_relu'), "

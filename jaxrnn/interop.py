@@ -44,12 +44,11 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxrnn._checks import shape_str
-from jaxrnn.cells import Cell, gru, lstm, rnn
+from jaxrnn.cells import GATE_NAMES, Cell, gru, lstm, rnn
 from jaxrnn.unroll import Bidirectional, Stack, bidirectional, stack
 
 __all__ = ["from_torch", "to_torch", "cell_for", "carry_from_torch", "carry_to_torch"]
 
-_GATES = {"rnn": 1, "rnn_relu": 1, "lstm": 4, "gru": 3}
 
 
 class _Spec(NamedTuple):
@@ -66,7 +65,7 @@ class _Spec(NamedTuple):
 
     @property
     def gates(self) -> int:
-        return _GATES[self.kind]
+        return max(1, len(GATE_NAMES[self.kind]))
 
     def layer_input_size(self, layer: int) -> int:
         return self.input_size if layer == 0 else self.hidden_size * self.num_directions

@@ -234,6 +234,15 @@ def test_stack_with_builtin_cells_and_bidirectional():
     cb, yb = np_unroll(np_step, p[2]["backward"], np.asarray(y1), c[2][1], lengths, reverse=True)
     close(got_y, np.concatenate([yf, yb], -1), 1e-9, 1e-11)
     close(got_c, (c0, c1, (cf, cb)), 1e-9, 1e-11)
+    # dropout between layers with a key: the masks of the key, the same for a user cell as
+    # for any layer (inverted dropout on layer 0's outputs, drawn time-major)
+    drop = jr.stack([CELL, lstm], dropout=0.5)
+    key = jax.random.key(5)
+    _, y_drop = jr.unroll(drop, p[:2], xs, c[:2], lengths=lengths, key=key)
+    k1 = jax.random.split(key, 2)[1]
+    y0_drop = jnp.swapaxes(jr.layers.dropout(jnp.swapaxes(jnp.asarray(y0), 0, 1), 0.5, k1), 0, 1)
+    _, want_drop = jr.unroll(lstm, p[1], y0_drop, c[1], lengths=lengths)
+    close(y_drop, want_drop, 1e-9, 1e-11)
     # one step of a stack of cells equals the first step of the unroll
     c_step, y_step = jr.stack([CELL, lstm]).apply(p[:2], c[:2], xs[:, 0])
     _, y_un = jr.unroll(jr.stack([CELL, lstm]), p[:2], xs[:, :1], c[:2])
