@@ -261,7 +261,7 @@ def test_errors_name_the_argument():
     xs = jnp.ones((5, 2), jnp.float32)
     with pytest.raises(TypeError, match="cell must be a recurrent cell: an object with init, initial_carry, apply and hidden_size"):
         dg.jacobian_norms(object(), params, xs)
-    with pytest.raises(ValueError, match="xs must have 2 features"):
+    with pytest.raises(ValueError, match=r"xs must have shape \(..., 2\) \(the input_size of params\[.w_x.\]\), got xs with 3 features"):
         dg.jacobian_norms(cell, params, jnp.ones((5, 3), jnp.float32))
     with pytest.raises(ValueError, match="xs must have rank"):
         dg.jacobian_norms(cell, params, jnp.ones((5,), jnp.float32))
