@@ -1,5 +1,6 @@
 """jr.train.fit: exact resume, Ctrl-C, evaluation schedule, metrics file, skipped steps."""
 
+import importlib.util
 import json
 import os
 import signal
@@ -210,11 +211,13 @@ def _nan_series(bad_steps):
     return xs, ys
 
 
-def test_nonfinite_steps_are_skipped_counted_and_stop_the_loop(tmp_path):
+def test_nonfinite_steps_are_skipped_counted_and_stop_the_loop(tmp_path, capsys):
     state, batches = tbptt_setup(_nan_series([3, 4]))
     metrics = tmp_path / "m.json"
-    out = fit(state, batches, num_steps=8, max_skips=3, metrics=metrics)
+    out = fit(state, batches, num_steps=8, max_skips=3, metrics=metrics, progress=True)
     assert out.stopped == "done" and out.history["skipped_steps"] == [3, 4]
+    if importlib.util.find_spec("tqdm") is not None:
+        assert "skipped=2" in capsys.readouterr().err  # on the progress bar
     assert all(np.isfinite(np.asarray(a)).all() for a in jax.tree_util.tree_leaves(out.state.params))
     assert out.history["train_loss"][2] is None and out.history["train_loss"][1] is not None
     assert json.loads(metrics.read_text())["skipped_steps"] == 2
@@ -269,7 +272,6 @@ def test_restore_names_a_file_fit_did_not_write(tmp_path):
 
 def test_forecast_example_beats_the_naive_forecast(capsys):
     """examples/forecast.py (jr.train.fit on a non-language model) reaches its stated target."""
-    import importlib.util
     import pathlib
     import re
 
