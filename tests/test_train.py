@@ -285,3 +285,23 @@ def test_forecast_example_beats_the_naive_forecast(capsys):
     mse, naive = map(float, re.findall(r"test MSE ([0-9.]+) vs naive \(persistence\) ([0-9.]+)", out)[0])
     assert skill == pytest.approx(1 - mse / naive, abs=2e-3) and f"skill: {skill:.4f}" in out
     assert skill >= float(threshold)
+
+
+def test_k1k2_state_resumes_exactly(tmp_path):
+    """TBPTT(k1, k2): the history in the state fills while training, so the fresh state
+    given as a template takes the saved history's shapes from the file."""
+    tx = optax.sgd(0.1)
+    step = jr.tbptt.make_k1k2_step(loss_fn, tx, T, 2 * T)
+
+    def run(num_steps, path=None, resume=False):
+        xs, ys = series()
+        state = jr.tbptt.init_k1k2_state(params0(), tx, CELL.initial_carry(B, jnp.float32))
+        return jr.train.fit(step, state, jr.data.offset_batches(xs, B, T, targets=ys), num_steps=num_steps,
+                            checkpoint=path, resume=resume, progress=False, log=None)
+
+    ref = run(7)
+    path = tmp_path / "k.safetensors"
+    assert run(3, path).state.history_x.shape == (B, T, 1)
+    out = run(7, path, resume=True)
+    assert_same_tree(out.state, ref.state)
+    assert out.history == ref.history
