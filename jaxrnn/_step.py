@@ -136,7 +136,10 @@ class Step:
     Calling it runs the compiled function; ``trace_count`` is the number of times JAX
     traced it (once per distinct set of input shapes, dtypes and tree structures), so a
     loop that never retraces keeps ``trace_count == 1``. The state argument is donated:
-    its buffers are reused for the new state, so do not use a state after passing it in.
+    its buffers are reused for the new state, so do not use a state after passing it in
+    (doing so raises a ``ValueError`` that says so; ``donate=False`` keeps it usable).
+    ``check_inputs(x, y)``, if given, runs on the batch before the compiled step (see
+    :func:`input_check`).
 
     With a ``mesh`` (:func:`jaxrnn.parallel.data_mesh`) the step is data-parallel: every
     call places the batch arguments split along ``batch_axis`` and the state as
