@@ -171,6 +171,9 @@ class Step:
             x = args[0] if len(args) > 0 else kwargs.get("x", kwargs.get("xs"))
             y = args[1] if len(args) > 1 else kwargs.get("y", kwargs.get("ys"))
             self._check_inputs(x, y)
+        counter = getattr(state, "step", None)  # donated with the rest: one cheap look before XLA complains
+        if self.donate and getattr(counter, "is_deleted", None) is not None and counter.is_deleted():
+            raise self._donated_error(".step")
         try:
             if self.mesh is not None:
                 state, args, kwargs = parallel.place_step_inputs(self._fn, self.mesh, state, args, kwargs,
@@ -188,12 +191,15 @@ class Step:
             where = _deleted_leaf(state)
             if where is None:
                 raise
-            raise ValueError(
-                f"state was already passed to a step that donates its buffers (the array at state{where} has been "
-                f"reused for the state that call returned): pass the state the last call returned, "
-                f"`state, metrics = {self.__name__}(state, ...)`, or make the step with donate=False to keep "
-                "old states usable"
-            ) from None
+            raise self._donated_error(where) from None
+
+    def _donated_error(self, where: str) -> ValueError:
+        return ValueError(
+            f"state was already passed to a step that donates its buffers (the array at state{where} has been "
+            f"reused for the state that call returned): pass the state the last call returned, "
+            f"`state, metrics = {self.__name__}(state, ...)`, or make the step with donate=False to keep "
+            "old states usable"
+        )
 
     def unjitted(self, state, *args, **kwargs):
         """The same computation without ``jit`` (for composing into other transforms)."""
