@@ -136,7 +136,10 @@ class Step:
     Calling it runs the compiled function; ``trace_count`` is the number of times JAX
     traced it (once per distinct set of input shapes, dtypes and tree structures), so a
     loop that never retraces keeps ``trace_count == 1``. The state argument is donated:
-    its buffers are reused for the new state, so do not use a state after passing it in.
+    its buffers are reused for the new state, so do not use a state after passing it in
+    (doing so raises a ``ValueError`` that says so; ``donate=False`` keeps it usable).
+    ``check_inputs(x, y)``, if given, runs on the batch before the compiled step (see
+    :func:`input_check`).
 
     With a ``mesh`` (:func:`jaxrnn.parallel.data_mesh`) the step is data-parallel: every
     call places the batch arguments split along ``batch_axis`` and the state as
@@ -168,6 +171,9 @@ class Step:
             x = args[0] if len(args) > 0 else kwargs.get("x", kwargs.get("xs"))
             y = args[1] if len(args) > 1 else kwargs.get("y", kwargs.get("ys"))
             self._check_inputs(x, y)
+        counter = getattr(state, "step", None)  # donated with the rest: one cheap look before XLA complains
+        if self.donate and getattr(counter, "is_deleted", None) is not None and counter.is_deleted():
+            raise self._donated_error(".step")
         try:
             if self.mesh is not None:
                 state, args, kwargs = parallel.place_step_inputs(self._fn, self.mesh, state, args, kwargs,
@@ -185,12 +191,15 @@ class Step:
             where = _deleted_leaf(state)
             if where is None:
                 raise
-            raise ValueError(
-                f"state was already passed to a step that donates its buffers (the array at state{where} has been "
-                f"reused for the state that call returned): pass the state the last call returned, "
-                f"`state, metrics = {self.__name__}(state, ...)`, or make the step with donate=False to keep "
-                "old states usable"
-            ) from None
+            raise self._donated_error(where) from None
+
+    def _donated_error(self, where: str) -> ValueError:
+        return ValueError(
+            f"state was already passed to a step that donates its buffers (the array at state{where} has been "
+            f"reused for the state that call returned): pass the state the last call returned, "
+            f"`state, metrics = {self.__name__}(state, ...)`, or make the step with donate=False to keep "
+            "old states usable"
+        )
 
     def unjitted(self, state, *args, **kwargs):
         """The same computation without ``jit`` (for composing into other transforms)."""

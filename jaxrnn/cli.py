@@ -159,7 +159,7 @@ def _flag(name: str) -> str:
     return "--" + name.replace("_", "-")
 
 
-def _checked(check, name: str, *args, **kwargs):
+def _checked(check, *args, **kwargs):
     """Run a :mod:`jaxrnn._validate` check, turning its ValueError into a CLIError."""
     try:
         return check(*args, **kwargs)
@@ -171,7 +171,7 @@ def _positive(name: str, v, allow_none: bool = False):
     """``v`` if it is a positive int (or, with ``allow_none``, ``None``); named as the flag ``--name``."""
     if v is None and allow_none:
         return None
-    return _checked(_validate.positive_int, name, _flag(name), v)
+    return _checked(_validate.positive_int, _flag(name), v)
 
 
 def _resolve(cfg: dict) -> dict:
@@ -187,12 +187,12 @@ def _resolve(cfg: dict) -> dict:
         cfg[k] = _positive(k, cfg[k])
     for k in ("steps", "epochs", "eval_every", "eval_batch_size", "sample_length", "max_vocab", "checkpoint_every"):
         cfg[k] = _positive(k, cfg[k], allow_none=True)
-    cfg["lr"] = _checked(_validate.positive, "lr", "--lr", cfg["lr"])
-    cfg["clip"] = _checked(_validate.number, "clip", "--clip", cfg["clip"], low=0, note="(0 turns clipping off)")
-    cfg["dropout"] = _checked(_validate.number, "dropout", "--dropout", cfg["dropout"], low=0, high=1, high_open=True)
-    cfg["temperature"] = _checked(_validate.number, "temperature", "--temperature", cfg["temperature"], low=0,
+    cfg["lr"] = _checked(_validate.positive, "--lr", cfg["lr"])
+    cfg["clip"] = _checked(_validate.number, "--clip", cfg["clip"], low=0, note="(0 turns clipping off)")
+    cfg["dropout"] = _checked(_validate.number, "--dropout", cfg["dropout"], low=0, high=1, high_open=True)
+    cfg["temperature"] = _checked(_validate.number, "--temperature", cfg["temperature"], low=0,
                                   note="(0 = greedy)")
-    cfg["seed"] = _checked(_validate.non_negative_int, "seed", "--seed", cfg["seed"])
+    cfg["seed"] = _checked(_validate.non_negative_int, "--seed", cfg["seed"])
     if cfg["corpus"] is not None:
         cfg["corpus"] = os.path.abspath(cfg["corpus"])
     return cfg
@@ -224,18 +224,17 @@ def _model(cfg: dict, vocab_size: int):
     return _cached(("model",) + args, lambda: lm.language_model(*args))
 
 
-def _optimizer(cfg: dict):
+def _optimizer(cfg: dict, skip: bool = True):
     import optax
 
-    from jaxrnn.optim import clipped
-
-    from jaxrnn.optim import skip_nonfinite
+    from jaxrnn.optim import clipped, skip_nonfinite
 
     def build():  # a step with a non-finite gradient changes nothing and is counted
         opt = optax.adam(cfg["lr"]) if cfg["optimizer"] == "adam" else optax.sgd(cfg["lr"])
-        return clipped(opt, cfg["clip"], skip_nonfinite=True) if cfg["clip"] > 0 else skip_nonfinite(opt)
+        tx = clipped(opt, cfg["clip"]) if cfg["clip"] > 0 else opt
+        return skip_nonfinite(tx) if skip else tx
 
-    return _cached(("tx", cfg["optimizer"], float(cfg["lr"]), float(cfg["clip"])), build)
+    return _cached(("tx", cfg["optimizer"], float(cfg["lr"]), float(cfg["clip"]), skip), build)
 
 
 def _step_fn(model, tx, mesh=None):
@@ -343,9 +342,32 @@ def _load_run(run: str):
     info = meta.get("metadata", {})
     vocab = Vocabulary.from_dict(info["vocab"])
     model = _model(cfg, vocab.size)
-    tx = _optimizer(cfg)
-    restored = checkpoint.restore_state(ckpt_path, like=_template_state(cfg, model, tx, shapes_only=True))
+    restored = _restore_run(ckpt_path, cfg, model, _optimizer(cfg))
     return cfg, model, vocab, restored
+
+
+def _restore_run(path: str, cfg: dict, model, tx, batches=None):
+    """:func:`jaxrnn.train.restore` of a run's checkpoint, also from runs written before
+    the optimizer skipped non-finite steps: their optimizer state is the inner state of
+    today's (``optax.apply_if_finite`` around it), which is wrapped with zero counts."""
+    import jax.numpy as jnp
+    import optax
+
+    from jaxrnn import train
+
+    try:
+        return train.restore(path, like=_template_state(cfg, model, tx, shapes_only=True), batches=batches)
+    except ValueError as error:
+        if not isinstance(tx, optax.GradientTransformation) or "has no entries" not in str(error):
+            raise
+        legacy = _optimizer(cfg, skip=False)
+        try:
+            old = train.restore(path, like=_template_state(cfg, model, legacy, shapes_only=True), batches=batches)
+        except ValueError:
+            raise error from None
+    wrapped = optax.ApplyIfFiniteState(notfinite_count=jnp.zeros([], jnp.int32), last_finite=jnp.array(True),
+                                       total_notfinite=jnp.zeros([], jnp.int32), inner_state=old.state.opt_state)
+    return old._replace(state=old.state._replace(opt_state=wrapped))
 
 
 # --------------------------------------------------------------------------- train
@@ -467,7 +489,7 @@ def _train(args: argparse.Namespace) -> int:
     restored = False
     if args.resume:
         try:
-            restored = train.restore(ckpt_path, like=_template_state(cfg, model, tx, shapes_only=True), batches=batches)
+            restored = _restore_run(ckpt_path, cfg, model, tx, batches=batches)
         except ValueError as e:
             raise CLIError(f"cannot resume from {ckpt_path}: {e}") from None
         try:
@@ -613,8 +635,8 @@ def _generate(args: argparse.Namespace) -> int:
     cfg, model, vocab, restored = _load_run(args.run)
     length = args.length if args.length is not None else (500 if vocab.level == "char" else 100)
     _positive("length", length)
-    _checked(_validate.number, "temperature", "--temperature", args.temperature, low=0, note="(0 = greedy)")
-    _checked(_validate.non_negative_int, "seed", "--seed", args.seed)
+    _checked(_validate.number, "--temperature", args.temperature, low=0, note="(0 = greedy)")
+    _checked(_validate.non_negative_int, "--seed", args.seed)
     if args.top_k is not None and not 1 <= args.top_k <= vocab.size:
         raise CLIError(f"--top-k must be in [1, {vocab.size}] (the vocabulary size), got {args.top_k}")
     _, text = _sample_text(model, restored.state.params, vocab, args.prompt, length, args.temperature, args.top_k,

@@ -33,23 +33,18 @@ from typing import Any, Callable
 import jax
 import numpy as np
 
+from jaxrnn import _validate
 from jaxrnn._checks import shape_str
 
 __all__ = ["OffsetBatches", "offset_batches", "SequenceBatches", "sequence_batches", "split_segments"]
 
 
-def _positive_int(name: str, v: Any) -> int:
-    if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
-        raise ValueError(f"{name} must be a positive int, got {v!r}")
-    return int(v)
+_positive_int = _validate.positive_int
 
 
 def _epochs_arg(epochs: Any) -> int | None:
-    if epochs is None:
-        return None
-    if isinstance(epochs, bool) or not isinstance(epochs, (int, np.integer)) or epochs < 0:
-        raise ValueError(f"epochs must be None (endless) or a non-negative int, got {epochs!r}")
-    return int(epochs)
+    return _validate.optional(_validate.number, "epochs", epochs, integer=True, low=0,
+                              note="(or None: endless)")
 
 
 def _host_array(name: str, a: Any) -> np.ndarray:
@@ -151,9 +146,7 @@ class OffsetBatches(Iterator):
 
     @staticmethod
     def _check_start(start: Any) -> int:
-        if isinstance(start, bool) or not isinstance(start, (int, np.integer)) or start < 0:
-            raise ValueError(f"start must be a non-negative int (the steps each stream has read), got {start!r}")
-        return int(start)
+        return _validate.number("start", start, integer=True, low=0, note="(the steps each stream has read)")
 
     # -- iteration
 

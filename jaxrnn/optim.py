@@ -30,6 +30,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from jaxrnn import _validate
+
 __all__ = ["clipped", "skip_nonfinite", "skipped_steps", "has_skipping"]
 
 # optax.apply_if_finite gives up (and applies the update) after more than this many
@@ -63,8 +65,9 @@ def skip_nonfinite(tx: optax.GradientTransformation, max_consecutive: int | None
     _check_tx("tx", tx)
     if max_consecutive is None:
         max_consecutive = _NEVER
-    elif isinstance(max_consecutive, bool) or not isinstance(max_consecutive, int) or max_consecutive < 0:
-        raise ValueError(f"max_consecutive must be None or a non-negative int, got {max_consecutive!r}")
+    else:
+        max_consecutive = _validate.number("max_consecutive", max_consecutive, integer=True, low=0,
+                                           note="(or None: never)")
     return optax.apply_if_finite(tx, max_consecutive_errors=max_consecutive)
 
 
@@ -97,9 +100,8 @@ def clipped(
       >>> tx = jr.clipped(optax.adam(1e-3), max_norm=5.0)
     """
     _check_tx("optimizer", optimizer)
-    if isinstance(max_norm, bool) or not isinstance(max_norm, (int, float)) or not max_norm > 0 or max_norm == float("inf"):
-        raise ValueError(f"max_norm must be a finite positive number, got {max_norm!r}")
-    tx = optax.chain(optax.clip_by_global_norm(float(max_norm)), optimizer)
+    max_norm = _validate.positive("max_norm", max_norm)
+    tx = optax.chain(optax.clip_by_global_norm(max_norm), optimizer)
     if skip_nonfinite:
         tx = _skip(tx)
     return tx

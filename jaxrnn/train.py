@@ -227,6 +227,25 @@ def _load_position(batches: Any, position: Any, path: str) -> None:
             ) from None
 
 
+def _k1k2_template(path: str, like: Any) -> Any:
+    """A TBPTT(k1, k2) state's history fills during training, so a fresh state (history
+    ``None``) is not a template of a saved one: take the history's shapes from the file."""
+    from jaxrnn.tbptt import K1K2State
+
+    if not isinstance(like, K1K2State) or like.history_x is not None or not os.path.isfile(path):
+        return like
+    arrays, _ = _checkpoint.load(path)
+    hist = {k: v for k, v in arrays.items() if k.startswith((".history_x", ".history_y"))}
+    if not hist:
+        return like
+    if set(hist) != {".history_x", ".history_y"}:
+        raise ValueError(
+            f"{path} holds a TBPTT(k1, k2) history of pytrees ({', '.join(sorted(hist)[:4])}); pass a template "
+            "state whose history_x / history_y have that structure"
+        )
+    return like._replace(**{k[1:]: jax.ShapeDtypeStruct(v.shape, v.dtype) for k, v in hist.items()})
+
+
 def restore(path: str | os.PathLike, like: Any, batches: Any = None) -> Restored:
     """Read a checkpoint written by :func:`fit` and move ``batches`` to its position.
 
@@ -244,7 +263,7 @@ def restore(path: str | os.PathLike, like: Any, batches: Any = None) -> Restored
         state, position or layout that does not match.
     """
     path = os.fspath(path)
-    r = _checkpoint.restore_state(path, like)
+    r = _checkpoint.restore_state(path, _k1k2_template(path, like))
     meta = r.metadata if isinstance(r.metadata, dict) else {}
     if "history" not in meta:
         raise ValueError(f"{path} was not written by jr.train.fit (its metadata holds no training history)")

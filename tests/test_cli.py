@@ -313,3 +313,29 @@ def test_nonfinite_steps_are_skipped_counted_and_stop_the_run(tmp_path, monkeypa
     m = _metrics(run)
     assert m["skipped_steps"] == 4 and m["history"]["skipped_steps"] == [3, 6, 7, 8] and m["steps"] == 12
     assert m["history"]["train_loss"][2] is None and m["history"]["train_loss"][3] is not None  # NaN as JSON null
+
+
+def test_runs_saved_before_skipping_still_evaluate_and_resume(reference_run, corpus_file, tmp_path, capsys):
+    """A checkpoint whose optimizer state lacks the non-finite-skipping wrapper (written
+    before the command skipped such steps) is read into today's state, counts at zero."""
+    import shutil
+
+    import jax
+
+    run = str(tmp_path / "old")
+    shutil.copytree(reference_run, run)
+    path = os.path.join(run, cli.CHECKPOINT)
+    cfg = cli._resolve(cli._saved_config(os.path.join(run, cli.CONFIG)))
+    _, meta = checkpoint.load(path)
+    model = cli._model(cfg, len(meta["metadata"]["vocab"]["tokens"]))
+    now = checkpoint.restore_state(path, like=cli._template_state(cfg, model, cli._optimizer(cfg), shapes_only=True))
+    old = now.state._replace(opt_state=now.state.opt_state.inner_state)
+    checkpoint.save_state(path, old, position=now.position, metadata=now.metadata)
+    assert not any("notfinite" in k for k in checkpoint.load(path)[0])
+    capsys.readouterr()
+    assert cli.main(["eval", "--run", run]) == 0
+    assert json.loads(capsys.readouterr().out)["loss"] == pytest.approx(_metrics(reference_run)["val_loss"], rel=1e-6)
+    assert _train("--out", run, "--resume", "--steps", "9") == 0
+    arrays, _ = _ckpt(run)
+    assert int(arrays[".step"]) == 9 and int(arrays[".opt_state.total_notfinite"]) == 0
+    assert jax.tree_util.tree_structure(old.opt_state) != jax.tree_util.tree_structure(now.state.opt_state)

@@ -450,4 +450,4 @@ def test_cli_devices_errors(tmp_path, capsys):
     assert cli.main(["train", "--batch-size", "6", "--devices", "4", "--out", str(tmp_path / "b")]) == 2
     assert "--batch-size 6 must be a multiple of --devices 4" in capsys.readouterr().err
     assert cli.main(["train", "--devices", "0", "--out", str(tmp_path / "c")]) == 2
-    assert "--devices must be a positive number, got 0" in capsys.readouterr().err
+    assert "--devices must be a positive int, got 0" in capsys.readouterr().err

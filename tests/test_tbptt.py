@@ -386,15 +386,18 @@ def test_out_of_range_token_ids_are_refused_before_the_step(make):
 
 
 def test_a_donated_state_used_again_is_named():
-    step, state = _lm_step()
-    x = np.zeros((2, 3), np.int32)
-    new_state, _ = step(state, x, x)
+    tx = optax.sgd(0.1)
+    x, y = np.ones((B, 2, F)), np.zeros((B, 2, 1))
+    step = jr.tbptt.make_step(loss_fn, tx)
+    state = jr.tbptt.init_state(make_params(), tx, jnp.zeros((B, H)))
+    new_state, _ = step(state, x, y)
     with pytest.raises(ValueError, match=r"state was already passed to a step that donates its buffers \(the "
                                          r"array at state.* has been reused.*pass the state the last call "
                                          r"returned, `state, metrics = tbptt_step\(state, ...\)`, or make the "
                                          r"step with donate=False"):
-        step(state, x, x)
-    step(new_state, x, x)  # the returned state is fine
-    keep, state = _lm_step(donate=False)
-    keep(state, x, x)
-    keep(state, x, x)  # without donation the old state stays usable
+        step(state, x, y)
+    step(new_state, x, y)  # the returned state is fine
+    keep = jr.tbptt.make_step(loss_fn, tx, donate=False)
+    state = jr.tbptt.init_state(make_params(), tx, jnp.zeros((B, H)))
+    keep(state, x, y)
+    keep(state, x, y)  # without donation the old state stays usable

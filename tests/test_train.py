@@ -1,5 +1,6 @@
 """jr.train.fit: exact resume, Ctrl-C, evaluation schedule, metrics file, skipped steps."""
 
+import importlib.util
 import json
 import os
 import signal
@@ -210,11 +211,13 @@ def _nan_series(bad_steps):
     return xs, ys
 
 
-def test_nonfinite_steps_are_skipped_counted_and_stop_the_loop(tmp_path):
+def test_nonfinite_steps_are_skipped_counted_and_stop_the_loop(tmp_path, capsys):
     state, batches = tbptt_setup(_nan_series([3, 4]))
     metrics = tmp_path / "m.json"
-    out = fit(state, batches, num_steps=8, max_skips=3, metrics=metrics)
+    out = fit(state, batches, num_steps=8, max_skips=3, metrics=metrics, progress=True)
     assert out.stopped == "done" and out.history["skipped_steps"] == [3, 4]
+    if importlib.util.find_spec("tqdm") is not None:
+        assert "skipped=2" in capsys.readouterr().err  # on the progress bar
     assert all(np.isfinite(np.asarray(a)).all() for a in jax.tree_util.tree_leaves(out.state.params))
     assert out.history["train_loss"][2] is None and out.history["train_loss"][1] is not None
     assert json.loads(metrics.read_text())["skipped_steps"] == 2
@@ -269,7 +272,6 @@ def test_restore_names_a_file_fit_did_not_write(tmp_path):
 
 def test_forecast_example_beats_the_naive_forecast(capsys):
     """examples/forecast.py (jr.train.fit on a non-language model) reaches its stated target."""
-    import importlib.util
     import pathlib
     import re
 
@@ -283,3 +285,23 @@ def test_forecast_example_beats_the_naive_forecast(capsys):
     mse, naive = map(float, re.findall(r"test MSE ([0-9.]+) vs naive \(persistence\) ([0-9.]+)", out)[0])
     assert skill == pytest.approx(1 - mse / naive, abs=2e-3) and f"skill: {skill:.4f}" in out
     assert skill >= float(threshold)
+
+
+def test_k1k2_state_resumes_exactly(tmp_path):
+    """TBPTT(k1, k2): the history in the state fills while training, so the fresh state
+    given as a template takes the saved history's shapes from the file."""
+    tx = optax.sgd(0.1)
+    step = jr.tbptt.make_k1k2_step(loss_fn, tx, T, 2 * T)
+
+    def run(num_steps, path=None, resume=False):
+        xs, ys = series()
+        state = jr.tbptt.init_k1k2_state(params0(), tx, CELL.initial_carry(B, jnp.float32))
+        return jr.train.fit(step, state, jr.data.offset_batches(xs, B, T, targets=ys), num_steps=num_steps,
+                            checkpoint=path, resume=resume, progress=False, log=None)
+
+    ref = run(7)
+    path = tmp_path / "k.safetensors"
+    assert run(3, path).state.history_x.shape == (B, T, 1)
+    out = run(7, path, resume=True)
+    assert_same_tree(out.state, ref.state)
+    assert out.history == ref.history
