@@ -2,7 +2,7 @@
 
 ::
 
-    jaxrnn train [--corpus PATH] [--level char|word] [--format text|ptb] [--cell lstm|gru|rnn]
+    jaxrnn train [--corpus PATH] [--level char|word] [--format text|ptb] [--cell lstm|gru|rnn|rnn_relu]
                  [--layers N] [--hidden H] [--embed E] [--dropout P] [--tie]
                  [--batch-size B] [--seq-len T] [--steps N | --epochs N]
                  [--optimizer adam|sgd] [--lr LR] [--clip C] [--seed S] [--eval-every N]
@@ -76,6 +76,11 @@ _FIXED_ON_RESUME = ("level", "format", "max_vocab", "cell", "layers", "hidden", 
                     "tie", "batch_size", "seq_len", "optimizer", "lr", "clip", "seed")
 
 
+#: The names ``--cell`` takes: those of ``jaxrnn.cells.BUILTIN`` (written out here so that
+#: ``jaxrnn --help`` does not have to import JAX; a test keeps the two equal).
+CELLS = ("lstm", "gru", "rnn", "rnn_relu")
+
+
 class CLIError(Exception):
     """A bad command line or input: printed without a traceback, exit status 2."""
 
@@ -100,7 +105,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "ptb.{train,valid,test}.txt (default text)")
     t.add_argument("--max-vocab", type=int, default=S, metavar="N", help="word-level text: keep the N most frequent "
                    "tokens, the rest become <unk>")
-    t.add_argument("--cell", choices=["lstm", "gru", "rnn"], default=S, help=f"recurrent cell (default {d['cell']})")
+    t.add_argument("--cell", choices=list(CELLS), default=S,
+                   help=f"recurrent cell: rnn is the tanh Elman cell (default {d['cell']})")
     t.add_argument("--layers", type=int, default=S, metavar="N", help=f"stacked layers (default {d['layers']})")
     t.add_argument("--hidden", type=int, default=S, metavar="H", help=f"hidden size (default {d['hidden']})")
     t.add_argument("--embed", type=int, default=S, metavar="E", help=f"embedding size (default {d['embed']})")

@@ -12,6 +12,7 @@ pytest.importorskip("safetensors")
 pytest.importorskip("tqdm")
 pytest.importorskip("matplotlib")
 
+import jaxrnn as jr  # noqa: E402
 from jaxrnn import checkpoint, cli  # noqa: E402
 from jaxrnn.data import OffsetBatches  # noqa: E402
 
@@ -339,3 +340,11 @@ def test_runs_saved_before_skipping_still_evaluate_and_resume(reference_run, cor
     arrays, _ = _ckpt(run)
     assert int(arrays[".step"]) == 9 and int(arrays[".opt_state.total_notfinite"]) == 0
     assert jax.tree_util.tree_structure(old.opt_state) != jax.tree_util.tree_structure(now.state.opt_state)
+
+
+def test_cell_choices_are_the_builtin_cells():
+    """``--cell`` offers exactly the built-in cells (jr.cells.BUILTIN, jr.lm.CELLS)."""
+    assert tuple(cli.CELLS) == tuple(jr.cells.BUILTIN) == jr.lm.CELLS
+    action = next(a for a in cli.build_parser()._subparsers._group_actions[0].choices["train"]._actions
+                  if "--cell" in a.option_strings)
+    assert tuple(action.choices) == cli.CELLS
