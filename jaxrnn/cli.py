@@ -297,6 +297,12 @@ def _eval_rows(cfg: dict, n_tokens: int, override: int | None = None) -> int:
     return max(1, min(rows, n_tokens - 1))
 
 
+def _ppl(p: float) -> str:
+    """A perplexity for messages: two decimals, or three significant digits once it is
+    huge (a diverged run), rather than hundreds of digits."""
+    return f"{p:.2f}" if p < 1e6 else f"{p:.3g}"
+
+
 def _scores(nll: float, level: str) -> dict:
     out = {"loss": nll, "perplexity": math.exp(min(nll, 700.0))}
     if level == "char":
@@ -530,7 +536,7 @@ def _train(args: argparse.Namespace) -> int:
 
     def eval_message(step: int, values: dict) -> str:
         nll = values["loss"]
-        msg = f"step {step}: validation loss {nll:.4f}, perplexity {math.exp(min(nll, 700)):.2f}"
+        msg = f"step {step}: validation loss {nll:.4f}, perplexity {_ppl(math.exp(min(nll, 700)))}"
         if vocab.level == "char":
             msg += f", {nll / math.log(2):.4f} bits/char"
         return msg
@@ -540,7 +546,7 @@ def _train(args: argparse.Namespace) -> int:
         checkpoint=ckpt_path, checkpoint_every=cfg["checkpoint_every"], resume=restored,
         metadata={"vocab": vocab.to_dict(), "config": cfg, "corpus": corpus.description},
         max_skips=cfg["max_skips"], progress=not args.no_progress, tokens_per_step=B * T,
-        postfix=lambda loss: {"ppl": f"{math.exp(min(loss, 700)):.2f}"}, format_eval=eval_message, log=_say,
+        postfix=lambda loss: {"ppl": _ppl(math.exp(min(loss, 700)))}, format_eval=eval_message, log=_say,
     )
     state, history, elapsed = result.state, result.history, result.elapsed
     wall0 = time.perf_counter() - elapsed["wall_seconds"]
@@ -591,10 +597,10 @@ def _train(args: argparse.Namespace) -> int:
     _, text = _sample_text(model, host(state.params), vocab, None, length, cfg["temperature"], None, cfg["seed"])
     with open(os.path.join(out, SAMPLE), "w", encoding="utf-8") as f:
         f.write(text + "\n")
-    summary = f"done: {steps_done} steps, validation loss {val_nll:.4f} (perplexity {metrics_out['val_perplexity']:.2f}"
+    summary = f"done: {steps_done} steps, validation loss {val_nll:.4f} (perplexity {_ppl(metrics_out['val_perplexity'])}"
     if vocab.level == "char":
         summary += f", {metrics_out['val_bpc']:.4f} bits/char"
-    summary += (f"), test perplexity {metrics_out['test_perplexity']:.2f}; {metrics_out['tokens_per_s']:,.0f} "
+    summary += (f"), test perplexity {_ppl(metrics_out['test_perplexity'])}; {metrics_out['tokens_per_s']:,.0f} "
                 f"training tokens/s, {metrics_out['wall_seconds']:.1f} s in all")
     if history["skipped_steps"]:
         summary += f"; {len(history['skipped_steps'])} step(s) skipped for a non-finite gradient"

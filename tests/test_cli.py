@@ -231,6 +231,11 @@ def test_bad_settings(tmp_path, corpus_file, capsys):
     assert "is not a finished or interrupted jaxrnn run" in capsys.readouterr().err
 
 
+def test_huge_perplexities_print_in_a_few_digits():
+    assert cli._ppl(3.14159) == "3.14" and cli._ppl(999999.0) == "999999.00"
+    assert cli._ppl(math.exp(700)) == "1.01e+304"  # a diverged run: not 300 digits
+
+
 @pytest.mark.parametrize(
     "flags, message",
     [
