@@ -386,29 +386,10 @@ def _restore_run(path: str, cfg: dict, model, tx, batches=None):
 
 
 def _plot_curves(path: str, history: dict, level: str, title: str) -> None:
-    import matplotlib
+    """``jr.train.plot_history`` in bits per character, or in nats with perplexity on a
+    second axis for word-level runs."""
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    scale = (1.0 / math.log(2.0)) if level == "char" else 1.0
-    unit = "bits per character" if level == "char" else "loss (nats per token)"
-    fig, ax = plt.subplots(figsize=(7, 4.2))
-    steps = np.asarray(history["train_steps"])
-    loss = np.asarray([np.nan if v is None else v for v in history["train_loss"]], dtype=float) * scale
-    if len(loss):
-        ax.plot(steps, loss, color="0.75", lw=0.6, label="training (per step)")
-        w = max(1, min(50, len(loss) // 10))
-        if w > 1:
-            smooth = np.convolve(loss, np.ones(w) / w, mode="valid")
-            ax.plot(steps[w - 1:], smooth, color="tab:blue", lw=1.2, label=f"training ({w}-step mean)")
-    if history["val_steps"]:
-        val = np.asarray([np.nan if v is None else v for v in history["val_loss"]], dtype=float)
-        ax.plot(history["val_steps"], val * scale, "o-", color="tab:red",
-                label="validation")
-    ax.set_xlabel("step")
-    ax.set_ylabel(unit)
-    if level != "char":  # perplexity on the right, at round values within the loss range
+    def perplexity_axis(ax):  # perplexity on the right, at round values within the loss range
         sec = ax.secondary_yaxis("right", functions=(lambda v: np.exp(np.clip(v, -50, 50)),
                                                      lambda p: np.log(np.maximum(p, 1e-12))))
         lo, hi = ax.get_ylim()
@@ -416,12 +397,12 @@ def _plot_curves(path: str, history: dict, level: str, title: str) -> None:
         sec.set_yticks(ticks)
         sec.set_yticklabels([f"{t:g}" for t in ticks])
         sec.set_ylabel("perplexity")
-    ax.set_title(title, fontsize=9)
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+
+    from jaxrnn import train as _train
+
+    char = level == "char"
+    _train.plot_history(path, history, title=title, ylabel="bits per character" if char else "loss (nats per token)",
+                        scale=(1.0 / math.log(2.0)) if char else 1.0, decorate=None if char else perplexity_axis)
 
 
 def _sample_text(model, params, vocab, prompt: str | None, length: int, temperature: float, top_k, seed: int) -> tuple[str, str]:

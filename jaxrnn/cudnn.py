@@ -93,7 +93,7 @@ from jax.experimental import rnn as _rnn
 from jaxrnn._checks import check_floating, check_integer, check_rank, concrete_values, shape_str
 from jaxrnn.cells import Cell, check_carry, check_params, is_builtin
 from jaxrnn.layers import dropout as _dropout
-from jaxrnn.unroll import Bidirectional, Stack
+from jaxrnn.unroll import Bidirectional, Stack, _check_stack_args
 
 Array = jax.Array
 
@@ -264,11 +264,7 @@ def _one_group(module: Any, name: str = "cell") -> tuple[list, bool, int]:
 def _check_module_params(layers: list, params: Any, input_size: int, module: Any) -> list:
     """Check each layer's params; return the per-layer params list."""
     if isinstance(module, Stack):
-        n = len(layers)
-        if not isinstance(params, (list, tuple)) or len(params) != n:
-            got = (f"a {type(params).__name__} of length {len(params)}" if isinstance(params, (list, tuple))
-                   else type(params).__name__)
-            raise TypeError(f"params of a {n}-layer Stack must be a list of {n} per-layer params, got {got}")
+        _check_stack_args(module, params, None)
         plist = list(params)
     else:
         plist = [params]
@@ -427,11 +423,7 @@ def unroll(cell: Any, params: Any, xs: Array, carry: Any = None, *, lengths: Arr
                    for layer in layers]
     else:
         if isinstance(cell, Stack):
-            n = len(layers)
-            if not isinstance(carry, (list, tuple)) or len(carry) != n:
-                got = (f"a {type(carry).__name__} of length {len(carry)}" if isinstance(carry, (list, tuple))
-                       else type(carry).__name__)
-                raise TypeError(f"carry of a {n}-layer Stack must be a tuple of {n} per-layer carries, got {got}")
+            _check_stack_args(cell, params, carry)
             clist = list(carry)
         else:
             clist = [carry]

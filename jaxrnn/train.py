@@ -155,9 +155,12 @@ def write_json(path: str | os.PathLike, obj: Any) -> None:
     os.replace(tmp, path)
 
 
-def plot_history(path: str | os.PathLike, history: dict, *, title: str | None = None, ylabel: str = "loss") -> bool:
+def plot_history(path: str | os.PathLike, history: dict, *, title: str | None = None, ylabel: str = "loss",
+                 scale: float = 1.0, decorate: Callable[[Any], None] | None = None) -> bool:
     """Plot the training loss (per step and smoothed) and the validation loss to a PNG.
 
+    ``scale`` multiplies every loss (e.g. ``1 / ln 2`` for bits); ``decorate(ax)`` may add
+    to the matplotlib axes before the file is written (e.g. a second axis).
     Returns ``False`` (writing nothing) when matplotlib is not installed.
     """
     try:
@@ -169,7 +172,7 @@ def plot_history(path: str | os.PathLike, history: dict, *, title: str | None = 
         return False
     fig, ax = plt.subplots(figsize=(7, 4.2))
     steps = np.asarray(history.get("train_steps", []))
-    loss = np.asarray([np.nan if v is None else v for v in history.get("train_loss", [])], dtype=float)
+    loss = np.asarray([np.nan if v is None else v for v in history.get("train_loss", [])], dtype=float) * scale
     if len(loss):
         ax.plot(steps, loss, color="0.75", lw=0.6, label="training (per step)")
         w = max(1, min(50, len(loss) // 10))
@@ -177,7 +180,7 @@ def plot_history(path: str | os.PathLike, history: dict, *, title: str | None = 
             smooth = np.convolve(loss, np.ones(w) / w, mode="valid")
             ax.plot(steps[w - 1:], smooth, color="tab:blue", lw=1.2, label=f"training ({w}-step mean)")
     if history.get("val_steps") and "val_loss" in history:
-        val = [np.nan if v is None else v for v in history["val_loss"]]
+        val = np.asarray([np.nan if v is None else v for v in history["val_loss"]], dtype=float) * scale
         ax.plot(history["val_steps"], val, "o-", color="tab:red", label="validation")
     skipped = history.get("skipped_steps") or []
     if skipped:
@@ -185,6 +188,8 @@ def plot_history(path: str | os.PathLike, history: dict, *, title: str | None = 
                 color="tab:orange", label=f"skipped (non-finite gradient): {len(skipped)}")
     ax.set_xlabel("step")
     ax.set_ylabel(ylabel)
+    if decorate is not None:
+        decorate(ax)
     if title:
         ax.set_title(title, fontsize=9)
     ax.grid(alpha=0.3)
