@@ -40,7 +40,7 @@ import sys
 import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _common import RESULTS, command_line, header_markdown, machine_info, write_results  # noqa: E402
+from _common import command_line, header_markdown, machine_info, output_dir, write_results  # noqa: E402
 
 VOCAB, EMBED, HIDDEN, BATCH, SEQ_LEN = 64, 16, 64, 32, 64
 # (tokens, epochs): the same number of steps for each stream length
@@ -110,13 +110,14 @@ def main(argv=None) -> int:
     p.add_argument("--quick", action="store_true", help="N = 10^4 x 20 epochs, 10^5 x 2 epochs, once")
     p.add_argument("--epochs", type=int, default=1, help=argparse.SUPPRESS)
     p.add_argument("--repeats", type=int, default=None, help="fresh processes per N (default 3, 1 with --quick)")
-    p.add_argument("--out", default=RESULTS, help="output folder (default benchmarks/results)")
+    p.add_argument("--out", default=None, help="output folder (default: benchmarks/results; a new temporary folder with --quick)")
     p.add_argument("--child", type=int, default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.child is not None:
         print(json.dumps(child(args.child, args.epochs)))
         return 0
 
+    args.out = output_dir(args.out, args.quick, "long_stream")
     repeats = args.repeats or (1 if args.quick else 3)
     runs = []
     sizes = QUICK if args.quick else FULL

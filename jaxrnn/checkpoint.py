@@ -64,7 +64,7 @@ def _safetensors():
         import safetensors.numpy
     except ImportError as e:  # pragma: no cover - exercised with a patched import
         raise ImportError(
-            'jaxrnn.checkpoint needs the safetensors package: pip install "jaxrnn[cli]" (or pip install safetensors)'
+            'jaxrnn.checkpoint needs the safetensors package, a dependency of jaxrnn: pip install safetensors'
         ) from e
     return safetensors
 
