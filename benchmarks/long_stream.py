@@ -26,7 +26,7 @@ Usage::
     python benchmarks/long_stream.py --quick    # N = 10^4 x 20 epochs, 10^5 x 2 epochs; once (about 30 s)
 
 Writes ``long_stream.{md,json}`` (``long_stream_quick.*`` with ``--quick``) to ``--out``
-(default ``benchmarks/results``).
+(default ``benchmarks/results``; a new temporary folder with ``--quick``).
 """
 
 from __future__ import annotations

@@ -95,10 +95,8 @@ def _tangent_chunks(ops: _Ops, params, dparams, get, inputs, dc0, unroll: int):
 
         # A loop, not unrolled in Python like the forward: unrolled, the LSTM's elementwise
         # dc chain is fused (and so recomputed) by XLA into every later step of the
-        # transposed program, which costs more than the dynamic indexing saves. (Breaking
-        # that chain with a lax.cond per step, which XLA does not fuse across, makes the
-        # unrolled form 0.94x the time on one core but 0.99-1.02x on two; optimization
-        # barriers do not help: XLA:CPU removes them before fusion.)
+        # transposed program, which costs more than the dynamic indexing saves (the
+        # variants that were measured are in docs/performance.md).
         return lax.scan(inner, dc, (dxp, dhx, mm, coefs), unroll=max(unroll, TANGENT_UNROLL))
 
     return lax.scan(jax.checkpoint(chunk, prevent_cse=False), dc0, inputs)
