@@ -253,3 +253,10 @@ def test_activation_memory_per_step_meets_targets():
     assert slope[None] <= 4.0, slope
     assert slope["step"] <= 2.0, slope
     assert slope["sqrt"] <= 0.5, slope
+
+
+def test_scan_called_directly_with_mixed_dtypes_says_so():
+    cell = jr.lstm(4)
+    params = cell.init(0, 3, jnp.float32)
+    with pytest.raises(TypeError, match=r"fused.scan needs params, inputs and carry of one floating dtype, got float32, float64"):
+        fused.scan(cell, params, jnp.ones((5, 2, 3), jnp.float64), cell.initial_carry(2, jnp.float32))

@@ -163,6 +163,12 @@ def scan(cell: Cell, params: dict, xs_tm: Array, carry: Any, mask: Array | None 
       ``(carry, hs)``: the final carry and ``hs: (T, B, H)`` (``(T, H)`` unbatched), the
       outputs ``h_t``, zero where ``mask`` is False.
     """
+    dtypes = sorted({str(jnp.result_type(v)) for v in jax.tree_util.tree_leaves((params, carry, xs_tm))})
+    if len(dtypes) != 1:
+        raise TypeError(
+            f"fused.scan needs params, inputs and carry of one floating dtype, got {', '.join(dtypes)} "
+            "(jr.unroll takes the generic path for mixed dtypes)"
+        )
     kind = cell.kind
     ops = _OPS[kind]
     steps = xs_tm.shape[0]
