@@ -149,9 +149,9 @@ def test_corrupted_header_and_foreign_files(saved, tmp_path):
         checkpoint.load(foreign)
 
 
-def test_missing_safetensors_names_the_extra(monkeypatch, tmp_path):
+def test_missing_safetensors_names_the_package(monkeypatch, tmp_path):
     monkeypatch.setitem(sys.modules, "safetensors", None)
-    with pytest.raises(ImportError, match=r'pip install "jaxrnn\[cli\]"'):
+    with pytest.raises(ImportError, match=r"needs the safetensors package, a dependency of jaxrnn: pip install safetensors"):
         checkpoint.save(tmp_path / "x.safetensors", {"a": jnp.zeros(1)})
 
 
