@@ -291,9 +291,9 @@ def step_jacobians(cell: Cell, params, xs: Array, carry=None) -> Array:
       carry: the initial carry (unbatched for ``(T, F)``); ``None`` means zeros.
 
     Returns:
-      ``(T, D, D)`` (``(B, T, D, D)`` for batched ``xs``) with ``J[k][i, j] =
-      d h_k[i] / d h_{k-1}[j]``; ``D`` is the size of one row's carry, its leaves
-      flattened in tree order: ``H``, or ``2H`` for the LSTM state ``[h, c]``.
+      ``(T, D, D)`` (``(B, T, D, D)`` for batched ``xs``) with
+      ``J[k][i, j] = d h_k[i] / d h_{k-1}[j]``; ``D`` is the size of one row's carry,
+      its leaves flattened in tree order: ``H``, or ``2H`` for the LSTM state ``[h, c]``.
       ``J[0]`` is taken with respect to the initial carry. For the Elman cell
       ``J_k = diag(phi'(z_k)) W_h^T``.
 
