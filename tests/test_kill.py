@@ -77,6 +77,7 @@ def test_sigkill_at_random_moments_then_resume_equals_an_uninterrupted_run(tmp_p
     assert done.returncode == 0, done.stderr
 
     run, rng = str(tmp_path / "run"), random.Random(0)
+    targets = sorted(rng.sample(range(5, 90), 5))  # the saved steps the five random kills follow
     kills, in_write, steps_at_kill = 0, 0, []
     while kills < 6:
         before = _step(run)
@@ -87,15 +88,18 @@ def test_sigkill_at_random_moments_then_resume_equals_an_uninterrupted_run(tmp_p
             assert glob.glob(os.path.join(run, ".checkpoint.safetensors.*.tmp"))  # its temporary file is there
             in_write += 1
         else:
-            path = os.path.join(run, "checkpoint.safetensors")
-            seen = _mtime(path)
+            # Wait until this session has saved a random step (at least one past the last
+            # kill), then kill at a random moment a few steps later: in a step, in a write, or
+            # between. Counting steps, not seconds, keeps the kills inside the run however
+            # fast or slow the machine is.
+            target = max(targets.pop(0), before + 1)
             proc = _start(run, corpus, _env(tmp_path))
             deadline = time.monotonic() + 120
-            while _mtime(path) in (None, seen):  # wait until this session has saved a step
+            while _step(run) < target:
                 assert proc.poll() is None, proc.stderr.read().decode()
                 assert time.monotonic() < deadline
-                time.sleep(0.005)
-            time.sleep(rng.uniform(0.0, 0.15))  # then a random moment: in a step, a write, or between
+                time.sleep(0.002)
+            time.sleep(rng.uniform(0.0, 0.01))
             proc.send_signal(signal.SIGKILL)
             proc.wait(timeout=60)
             assert proc.returncode == -signal.SIGKILL, "the run finished before it could be killed"
@@ -117,11 +121,3 @@ def test_sigkill_at_random_moments_then_resume_equals_an_uninterrupted_run(tmp_p
         ma, mb = json.load(f), json.load(g)
     assert ma["history"] == mb["history"] and ma["val_loss"] == mb["val_loss"] and ma["test_loss"] == mb["test_loss"]
     assert mb["config"] == ma["config"]
-
-
-
-def _mtime(path):
-    try:
-        return os.stat(path).st_mtime_ns
-    except FileNotFoundError:
-        return None
