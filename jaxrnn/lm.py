@@ -101,9 +101,10 @@ class LanguageModel(NamedTuple):
       vocab_size, cell, hidden, embed, layers, dropout, tie: the hyper-parameters;
         ``cell`` is the name of a built-in cell or the cell object that was passed.
       net: the recurrent :class:`~jaxrnn.unroll.Stack`.
-      nll_sum: ``nll_sum(params, carry, x, y, key=None) -> (carry, total)``: the summed
-        next-token NLL of a segment (``x``, ``y`` ids ``(B, T)``), computed block by block
-        as ``remat`` says (see the module docstring); :func:`loss` divides it by ``B T``.
+      nll_sum: ``nll_sum(params, carry, x, y, key=None, remat=remat) -> (carry, total)``:
+        the summed next-token NLL of a segment (``x``, ``y`` ids ``(B, T)``), computed
+        block by block as ``remat`` says (see the module docstring); :func:`loss` calls it
+        with ``model.remat`` and divides by ``B T``.
       remat: ``None``, ``"step"``, ``"sqrt"`` or an int block length: how :func:`loss`
         trades memory for recomputation.
     """
@@ -246,8 +247,10 @@ def language_model(
         return carry, _logits(params, _dropout(ys, dropout, k_out))
 
     ce_rows = max(1, CE_LOGITS // vocab_size)
+    built_remat = remat
 
-    def nll_sum(params: dict, carry, x: Array, y: Array, key: Array | None = None):
+    def nll_sum(params: dict, carry, x: Array, y: Array, key: Array | None = None, remat: Any = built_remat):
+        remat = check_remat(remat)
         _check(params)
         for name, ids in (("x", x), ("y", y)):
             check_integer(name, ids)
@@ -323,7 +326,7 @@ def loss(model: LanguageModel, params: dict, carry, x: Array, y: Array, key: Arr
     it is the cross-entropy of ``model.apply``'s logits.
     """
     if model.remat is not None:
-        carry, total = model.nll_sum(params, carry, x, y, key=key)
+        carry, total = model.nll_sum(params, carry, x, y, key=key, remat=model.remat)
         return total / max(x.size, 1), carry
     carry, logits = model.apply(params, carry, x, key=key)
     return softmax_cross_entropy(logits, y), carry
