@@ -630,17 +630,12 @@ def unroll_readout(
     readout makes of them, e.g. ``(B, T, V)`` logits) at once when ``remat`` is set:
     time is cut into blocks (see :func:`reduce_blocks`), and each block's recurrence
     and readout run, and in the backward pass rerun, under :func:`jax.checkpoint`.
-    The backward pass then keeps the carry at each block boundary, plus one block's
-    intermediates at a time:
+    What the backward pass keeps, by ``remat``:
 
-    ==========  ==================================================================
-    ``remat``   kept for the backward pass
-    ==========  ==================================================================
-    ``None``    everything: all outputs ``ys`` and the readout's intermediates
-    ``"step"``  the carry of every step
-    ``k``       the carry every ``k`` steps, and one block of ``k`` steps at a time
-    ``"sqrt"``  the same with ``k`` near ``sqrt(T)``: memory grows like ``sqrt(T)``
-    ==========  ==================================================================
+    * ``None``: everything, all outputs ``ys`` and the readout's intermediates;
+    * ``"step"``: the carry of every step;
+    * an int ``k``: the carry every ``k`` steps, and one block of ``k`` steps at a time;
+    * ``"sqrt"``: the same with ``k`` near ``sqrt(T)``: memory grows like ``sqrt(T)``.
 
     Within a block the module unrolls with ``remat=None`` (for the built-in cells, their
     fast path with its hoisted input projection).
