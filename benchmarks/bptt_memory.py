@@ -403,7 +403,8 @@ def lm_panel(args):
             ids = jax.ShapeDtypeStruct((B, L), jnp.int32)
             mem, _ = memory_of(jax.jit(jax.grad(loss)), params, (carry,), ids, ids)
             rows.append({"variant": variant, "L": L, **mem})
-            print(f"  LM {variant:15s} L={L:5d}: temp {mem['temp'] / 2**20:9.1f} MiB ({mem['compile_s']} s)", flush=True)
+            print(f"  LM {variant:15s} L={L:5d}: temp {mem['temp'] / 2**20:9.1f} MiB ({mem['compile_s']} s)",
+                  flush=True)
 
     def temp(variant, L):
         return next((r["temp"] for r in rows if r["variant"] == variant and r["L"] == L), None)

@@ -247,8 +247,8 @@ def _cached(key, build):
 def _model(cfg: dict, vocab_size: int):
     from jaxrnn import lm
 
-    args = (vocab_size, cfg["cell"], cfg["hidden"], cfg["embed"], cfg["layers"], float(cfg["dropout"]), bool(cfg["tie"]),
-            cfg.get("remat"))
+    args = (vocab_size, cfg["cell"], cfg["hidden"], cfg["embed"], cfg["layers"], float(cfg["dropout"]),
+            bool(cfg["tie"]), cfg.get("remat"))
     return _cached(("model",) + args, lambda: lm.language_model(*args))
 
 

@@ -221,7 +221,9 @@ def affine_cross_entropy(
     if b is not None and tuple(b.shape) != (w.shape[1],):
         raise ValueError(f"b must have shape {shape_str((w.shape[1],))} (w.shape[1:]), got {shape_str(b.shape)}")
     if labels.shape != x.shape[:-1]:
-        raise ValueError(f"labels must have shape {shape_str(x.shape[:-1])} (x.shape[:-1]), got {shape_str(labels.shape)}")
+        raise ValueError(
+            f"labels must have shape {shape_str(x.shape[:-1])} (x.shape[:-1]), got {shape_str(labels.shape)}"
+        )
     _check_reduction(reduction)
     _check_labels(labels, w.shape[1], "w.shape[1]")
     if chunk is not None:

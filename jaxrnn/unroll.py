@@ -36,7 +36,8 @@ from jaxrnn.layers import dropout as _dropout
 
 Array = jax.Array
 
-__all__ = ["unroll", "unroll_readout", "reduce_blocks", "stack", "bidirectional", "Stack", "Bidirectional", "output_size"]
+__all__ = ["unroll", "unroll_readout", "reduce_blocks", "stack", "bidirectional", "Stack", "Bidirectional",
+           "output_size"]
 
 
 class Bidirectional(NamedTuple):
@@ -554,7 +555,8 @@ def reduce_blocks(fn, carry, xs, *, remat: Any = None, axis: int = 1):
         raise ValueError("xs must hold at least one array with a time axis, got an empty pytree")
     for leaf in leaves:
         if not hasattr(leaf, "shape") or leaf.ndim <= axis:
-            raise ValueError(f"every leaf of xs must have a time axis {axis}, got shape {shape_str(getattr(leaf, 'shape', ()))}")
+            shape = shape_str(getattr(leaf, "shape", ()))
+            raise ValueError(f"every leaf of xs must have a time axis {axis}, got shape {shape}")
     steps = int(leaves[0].shape[axis])
     if any(int(leaf.shape[axis]) != steps for leaf in leaves):
         got = sorted({int(leaf.shape[axis]) for leaf in leaves})

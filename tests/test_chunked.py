@@ -92,10 +92,12 @@ def _lm(remat, **kw):
     return jr.lm.language_model(V, "rnn", hidden=H, embed=4, layers=2, remat=remat, **kw)
 
 
-@pytest.mark.parametrize("steps, tie, modes", [(7, False, ("step", "sqrt")), (1, True, ("sqrt",))])
-def test_lm_loss_and_gradients_equal_in_every_remat_mode(steps, tie, modes):
+@pytest.mark.parametrize("cell, steps, tie, modes", [("rnn", 7, False, ("step", "sqrt")), ("rnn", 1, True, ("sqrt",)),
+                                                     ("user cell", 9, False, ("sqrt",))])
+def test_lm_loss_and_gradients_equal_in_every_remat_mode(cell, steps, tie, modes):
     rng = np.random.default_rng(2)
-    model = jr.lm.language_model(V, "rnn", hidden=4, embed=4, layers=2, tie=tie)
+    cell, hidden = (peephole_lstm(4), None) if cell == "user cell" else (cell, 4)
+    model = jr.lm.language_model(V, cell, hidden=hidden, embed=4, layers=2, tie=tie)
     params = model.init(jax.random.key(0), jnp.float64)
     carry = jax.tree.map(lambda a: jnp.asarray(rng.normal(size=a.shape)), model.initial_carry(B, jnp.float64))
     x = jnp.asarray(rng.integers(0, V, size=(B, steps)), jnp.int32)
@@ -105,7 +107,7 @@ def test_lm_loss_and_gradients_equal_in_every_remat_mode(steps, tie, modes):
     def f(params):
         out = []
         for remat in (None,) + modes:
-            m = jr.lm.language_model(V, "rnn", hidden=4, embed=4, layers=2, tie=tie, remat=remat)
+            m = jr.lm.language_model(V, cell, hidden=hidden, embed=4, layers=2, tie=tie, remat=remat)
             out.append(jax.value_and_grad(lambda p: jr.lm.loss(m, p, carry, x, y), has_aux=True)(params))
         return out
 
