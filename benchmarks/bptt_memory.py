@@ -31,13 +31,26 @@ then take ``2·B·H·4`` bytes per step on their own). Activation memory per ste
 slope of temp bytes between L=512 and L=2048, in units of the carried state
 (the floor, ``2·B·H·4`` bytes per step).
 
+Language-model panel (``--panels lm``): a word-level LM, vocabulary V = 10,000, embedding
+128, one LSTM layer of 256, batch 16 (``--lm-vocab/--lm-embed/--lm-hidden/--lm-batch``),
+mean next-token cross-entropy over every step. Measured: the temp bytes of
+``jax.jit(jax.grad(loss))`` with respect to the parameters, for L = 128 ... 8192:
+
+* ``naive``: embedding -> ``lax.scan`` LSTM -> dense -> softmax cross-entropy, written
+  plainly here (the ``(B, L, V)`` logits and their gradient are kept);
+* ``jaxrnn default``: ``jr.lm.loss`` of ``jr.lm.language_model(..., remat=None)``;
+* ``remat="step"``, ``remat=64``, ``remat="sqrt"``: ``jr.lm.loss`` with that ``remat``
+  (blocks under ``jax.checkpoint``, no ``(B, L, V)`` array; see ``jaxrnn.lm``).
+
 Usage::
 
-    python benchmarks/bptt_memory.py            # L = 128 ... 16384 (a few minutes)
-    python benchmarks/bptt_memory.py --quick    # L = 512, 2048; final-state loss, T = 32 (a smoke run)
+    python benchmarks/bptt_memory.py            # both panels, L = 128 ... 16384 (a few minutes)
+    python benchmarks/bptt_memory.py --panels lm  # the language-model panel only
+    python benchmarks/bptt_memory.py --quick    # L = 512, 2048; final-state loss, T = 32;
+                                                # LM: V = 1000, B = 4, L = 256, 3 variants (a smoke run)
 
-Writes ``bptt_memory.{md,json,png}`` (``bptt_memory_quick.*`` with ``--quick``) to
-``--out`` (default ``benchmarks/results``).
+Writes ``bptt_memory.{md,json,png}`` and ``bptt_memory_lm.{md,json,png}``
+(``*_quick.*`` with ``--quick``) to ``--out`` (default ``benchmarks/results``).
 """
 
 from __future__ import annotations
@@ -60,6 +73,14 @@ SEGMENTS = (32, 128, 512)
 EPOCH_SEGMENT = 128
 OUT = 16
 TARGETS = {"remat=None": 4.0, 'remat="step"': 2.0}  # activation bytes per step / floor
+LM_LENGTHS = (128, 256, 512, 1024, 2048, 4096, 8192)
+LM_QUICK_LENGTHS = (256,)
+LM_QUICK = {"vocab": 1000, "batch": 4}  # --quick: a small LM, so the smoke run stays fast
+LM_VARIANTS = ("naive", "jaxrnn default", 'remat="step"', "remat=64", 'remat="sqrt"')
+LM_QUICK_VARIANTS = ("naive", "jaxrnn default", 'remat="sqrt"')
+LM_REMAT = {"jaxrnn default": None, 'remat="step"': "step", "remat=64": 64, 'remat="sqrt"': "sqrt"}
+LM_TARGET_SHARE = 0.03  # remat="sqrt" temp at L=2048 / naive's
+LM_TARGET_GROWTH = 2.5  # remat="sqrt" temp, L=2048 / L=512
 
 
 def parse_args(argv=None):
@@ -72,6 +93,13 @@ def parse_args(argv=None):
     p.add_argument("--hidden", type=int, default=256)
     p.add_argument("--segments", type=int, nargs="+", default=None,
                    help="TBPTT segment lengths T (default 32 128 512; 32 with --quick)")
+    p.add_argument("--panels", nargs="+", choices=("lstm", "lm"), default=("lstm", "lm"),
+                   help="which panels to measure (default both)")
+    p.add_argument("--lm-lengths", type=int, nargs="+", default=None, help="sequence lengths L of the LM panel")
+    p.add_argument("--lm-vocab", type=int, default=10_000)
+    p.add_argument("--lm-embed", type=int, default=128)
+    p.add_argument("--lm-hidden", type=int, default=256)
+    p.add_argument("--lm-batch", type=int, default=16)
     p.add_argument("--out", default=None, help="output folder (default: benchmarks/results; a new temporary folder with --quick)")
     return p.parse_args(argv)
 
@@ -152,6 +180,13 @@ def run_device_peak(compiled, state, x, y):
 def main(argv=None):
     args = parse_args(argv)
     args.out = output_dir(args.out, args.quick, "bptt_memory")
+    if "lstm" in args.panels:
+        lstm_panel(args)
+    if "lm" in args.panels:
+        lm_panel(args)
+
+
+def lstm_panel(args):
     import jax
     import jax.numpy as jnp
 
@@ -307,6 +342,125 @@ def plot(rows, tbptt, lengths, floor, path, B, I, H, losses=("final", "every")):
     fig.suptitle(f"Training-step memory, float32 LSTM B={B} I={I} H={H}")
     fig.tight_layout()
     os.makedirs(os.path.dirname(path), exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+
+# --------------------------------------------------------------------------- language-model panel
+
+
+def lm_loss(variant, V, E, H):
+    """``(loss(params, carry, x, y), params_spec, carry)`` of one LM-panel variant."""
+    import jax
+    import jax.numpy as jnp
+
+    import jaxrnn as jr
+
+    model = jr.lm.language_model(V, "lstm", hidden=H, embed=E, remat=LM_REMAT.get(variant))
+    params = jax.eval_shape(model.init, jax.random.key(0))
+    if variant != "naive":
+        return (lambda p, c, x, y: jr.lm.loss(model, p, c, x, y)[0]), params
+
+    def naive(p, carry, x, y):
+        # embedding -> lax.scan LSTM -> dense -> softmax cross-entropy, nothing else
+        e = jnp.take(p["embed"]["table"], x, axis=0)
+        q = p["rnn"][0]
+
+        def step(c, e_t):
+            h, cc = c
+            i, f, g, o = jnp.split(e_t @ q["w_x"] + q["b"] + h @ q["w_h"], 4, axis=-1)
+            cc = jax.nn.sigmoid(f) * cc + jax.nn.sigmoid(i) * jnp.tanh(g)
+            h = jax.nn.sigmoid(o) * jnp.tanh(cc)
+            return (h, cc), h
+
+        _, hs = jax.lax.scan(step, carry[0], jnp.swapaxes(e, 0, 1))
+        logits = jnp.swapaxes(hs, 0, 1) @ p["out"]["w"] + p["out"]["b"]
+        logp = jax.nn.log_softmax(logits, axis=-1)
+        return -jnp.mean(jnp.take_along_axis(logp, y[..., None], axis=-1))
+
+    return naive, params
+
+
+def lm_panel(args):
+    import jax
+    import jax.numpy as jnp
+
+    import jaxrnn as jr
+
+    V, E, H, B = args.lm_vocab, args.lm_embed, args.lm_hidden, args.lm_batch
+    if args.quick:
+        V, B = min(V, LM_QUICK["vocab"]), min(B, LM_QUICK["batch"])
+    lengths = args.lm_lengths or (LM_QUICK_LENGTHS if args.quick else LM_LENGTHS)
+    variants = LM_QUICK_VARIANTS if args.quick else LM_VARIANTS
+    info = machine_info()
+    print(f"LM panel: V={V}, embed {E}, LSTM {H}, B={B}; {info['cpu']}, {info['cores']} cores, jax {info['jax']}")
+    rows = []
+    carry = jr.lstm(H).initial_carry(B)
+    for variant in variants:
+        loss, params = lm_loss(variant, V, E, H)
+        for L in lengths:
+            ids = jax.ShapeDtypeStruct((B, L), jnp.int32)
+            mem, _ = memory_of(jax.jit(jax.grad(loss)), params, (carry,), ids, ids)
+            rows.append({"variant": variant, "L": L, **mem})
+            print(f"  LM {variant:15s} L={L:5d}: temp {mem['temp'] / 2**20:9.1f} MiB ({mem['compile_s']} s)",
+                  flush=True)
+
+    def temp(variant, L):
+        return next((r["temp"] for r in rows if r["variant"] == variant and r["L"] == L), None)
+
+    lo, hi = (512, 2048) if {512, 2048} <= set(lengths) else (lengths[0], lengths[-1])
+    growth = {v: temp(v, hi) / temp(v, lo) for v in variants} if len(lengths) > 1 else {}
+    share = {v: temp(v, hi) / temp("naive", hi) for v in variants}
+    md = header_markdown("BPTT memory of a language model: per-step loss, chunked readout and remat", info,
+                         command_line())
+    md += (f"\nWord-level LM: vocabulary V={V}, embedding {E}, one float32 LSTM layer of {H}, batch B={B}, mean "
+           "next-token cross-entropy over every step. Temp bytes of XLA's compiled memory analysis of "
+           "`jax.jit(jax.grad(loss))` (gradient with respect to the parameters); nothing is executed. `naive` is "
+           "embedding -> `lax.scan` LSTM -> dense -> softmax cross-entropy written plainly; the others are "
+           "`jr.lm.loss` of `jr.lm.language_model(..., remat=...)`.\n")
+    md += (f"\n## At L={hi}: temp as a share of the naive model's, and growth from L={lo}\n\n"
+           f"| variant | temp L={lo} | temp L={hi} | share of naive at L={hi} | growth L={lo} -> {hi} |\n"
+           "|---|---|---|---|---|\n")
+    for v in variants:
+        g = f"{growth[v]:.2f}x" if v in growth else ""
+        md += (f"| {v} | {temp(v, lo) / 2**20:.1f} MiB | {temp(v, hi) / 2**20:.1f} MiB | "
+               f"{100 * share[v]:.2f} % | {g} |\n")
+    md += (f"\nTargets for `remat=\"sqrt\"` (V=10,000, B=16, LSTM 256, L=2048): share <= "
+           f"{100 * LM_TARGET_SHARE:.0f} %, growth L=512 -> 2048 <= {LM_TARGET_GROWTH}x.\n")
+    md += "\n## Temp MiB per sequence length\n\n| L | " + " | ".join(variants) + " |\n|---|"
+    md += "---|" * len(variants) + "\n"
+    for L in lengths:
+        md += f"| {L} | " + " | ".join(f"{temp(v, L) / 2**20:.1f}" for v in variants) + " |\n"
+    name = "bptt_memory_lm_quick" if args.quick else "bptt_memory_lm"
+    png = os.path.join(args.out, f"{name}.png")
+    plot_lm(rows, variants, png, V, E, H, B)
+    md += f"\n![LM gradient memory vs sequence length]({name}.png)\n"
+    payload = {"machine": info, "command": command_line(), "V": V, "E": E, "H": H, "B": B, "rows": rows,
+               "share_of_naive": {"L": hi, **share}, "growth": {"from": lo, "to": hi, **growth}}
+    md_path, _ = write_results(name, md, payload, args.out)
+    print(f"wrote {md_path} and {png}")
+
+
+def plot_lm(rows, variants, path, V, E, H, B):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.4, 4.8))
+    for variant in variants:
+        pts = [(r["L"], r["temp"]) for r in rows if r["variant"] == variant]
+        ax.plot(*zip(*pts), marker="o", label=variant)
+    ax.set_xscale("log", base=2)
+    ax.set_yscale("log")
+    ax.set_xlabel("sequence length L")
+    ax.set_ylabel("XLA temp bytes of jax.grad(loss)")
+    ax.set_title(f"LM gradient memory: V={V}, embed {E}, LSTM {H}, B={B}")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8, loc="upper left")
+    fig.tight_layout()
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
     fig.savefig(path, dpi=120)
     plt.close(fig)
 

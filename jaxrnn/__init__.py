@@ -13,7 +13,7 @@ from jaxrnn import diagnostics, tasks
 from jaxrnn import sequence
 from jaxrnn import cells
 from jaxrnn.cells import Cell, gru, lstm, rnn
-from jaxrnn.unroll import Bidirectional, Stack, bidirectional, output_size, stack, unroll
+from jaxrnn.unroll import Bidirectional, Stack, bidirectional, output_size, reduce_blocks, stack, unroll, unroll_readout
 from jaxrnn import cudnn, fused
 from jaxrnn import interop  # imports torch only inside its functions
 from jaxrnn import parallel
@@ -22,7 +22,7 @@ __version__ = "0.1.0"  # the one place the version is written (pyproject.toml re
 
 __all__ = [
     "cells", "Cell", "rnn", "lstm", "gru",
-    "unroll", "stack", "bidirectional", "Stack", "Bidirectional", "output_size",
+    "unroll", "unroll_readout", "reduce_blocks", "stack", "bidirectional", "Stack", "Bidirectional", "output_size",
     "layers", "corpus", "lm", "data", "tbptt", "bptt", "train", "checkpoint", "clipped", "sequence", "interop",
     "diagnostics", "tasks", "parallel", "fused", "cudnn",
 ]

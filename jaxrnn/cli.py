@@ -3,7 +3,7 @@
 ::
 
     jaxrnn train [--corpus PATH] [--level char|word] [--format text|ptb] [--cell lstm|gru|rnn|rnn_relu]
-                 [--layers N] [--hidden H] [--embed E] [--dropout P] [--tie]
+                 [--layers N] [--hidden H] [--embed E] [--dropout P] [--tie] [--remat none|step|sqrt|K]
                  [--batch-size B] [--seq-len T] [--steps N | --epochs N]
                  [--optimizer adam|sgd] [--lr LR] [--clip C] [--seed S] [--eval-every N]
                  [--checkpoint-every N] [--max-skips N] [--out DIR] [--resume] [--devices N]
@@ -65,13 +65,15 @@ TRAIN_DEFAULTS: dict[str, Any] = {
     "batch_size": 32, "seq_len": 64, "steps": None, "epochs": None,
     "optimizer": "adam", "lr": None, "clip": 5.0, "seed": 0, "eval_every": None,
     "eval_batch_size": None, "sample_length": None, "temperature": 0.8,
-    "checkpoint_every": None, "max_skips": 10,
+    "checkpoint_every": None, "max_skips": 10, "remat": None,
 }
 DEFAULT_STEPS = 800
 DEFAULT_LR = {"adam": 2e-3, "sgd": 1.0}
 # Settings that define the model, the data order and the optimizer: a resumed run must
 # keep them (steps, epochs, eval_every and the sample settings may change). --corpus may
 # point elsewhere (a moved file) if its vocabulary and length match the checkpoint's.
+# --remat may change too: it changes the memory of a step, not the model (the values
+# agree to float tolerance; with --dropout the masks drawn after the resume differ).
 _FIXED_ON_RESUME = ("level", "format", "max_vocab", "cell", "layers", "hidden", "embed", "dropout",
                     "tie", "batch_size", "seq_len", "optimizer", "lr", "clip", "seed")
 
@@ -113,6 +115,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--dropout", type=float, default=S, metavar="P", help="dropout on embeddings, between layers and "
                    "before the output (default 0)")
     t.add_argument("--tie", action="store_true", default=S, help="tie output weights to the embedding (hidden == embed)")
+    t.add_argument("--remat", default=S, metavar="MODE", help="what the backward pass keeps: none (everything, the "
+                   "default), step (each step's carry), sqrt (a carry every ~sqrt(T) steps) or an int K (every K "
+                   "steps); with a mode set no (batch, T, vocab) logits are kept (see jaxrnn.lm)")
     t.add_argument("--batch-size", type=int, default=S, metavar="B", help=f"streams per batch (default {d['batch_size']})")
     t.add_argument("--seq-len", type=int, default=S, metavar="T", help=f"TBPTT segment length (default {d['seq_len']})")
     g = t.add_mutually_exclusive_group()
@@ -199,9 +204,25 @@ def _resolve(cfg: dict) -> dict:
     cfg["temperature"] = _checked(_validate.number, "--temperature", cfg["temperature"], low=0,
                                   note="(0 = greedy)")
     cfg["seed"] = _checked(_validate.non_negative_int, "--seed", cfg["seed"])
+    cfg["remat"] = _remat(cfg["remat"])
     if cfg["corpus"] is not None:
         cfg["corpus"] = os.path.abspath(cfg["corpus"])
     return cfg
+
+
+def _remat(v):
+    """``--remat``: ``None``, ``"step"``, ``"sqrt"`` or a positive int, from the command
+    line's text (``none``, ``step``, ``sqrt``, ``K``) or a saved config's value."""
+    text = v.strip().lower() if isinstance(v, str) else v
+    if text is None or text == "none":
+        return None
+    if text in ("step", "sqrt"):
+        return text
+    if isinstance(text, str) and text.isdigit():
+        text = int(text)
+    if isinstance(text, int) and not isinstance(text, bool) and text >= 1:
+        return text
+    raise CLIError(f"--remat must be none, step, sqrt or a positive int block length, got {v!r}")
 
 
 def _load_corpus(cfg: dict, path_override: str | None = None):
@@ -226,7 +247,8 @@ def _cached(key, build):
 def _model(cfg: dict, vocab_size: int):
     from jaxrnn import lm
 
-    args = (vocab_size, cfg["cell"], cfg["hidden"], cfg["embed"], cfg["layers"], float(cfg["dropout"]), bool(cfg["tie"]))
+    args = (vocab_size, cfg["cell"], cfg["hidden"], cfg["embed"], cfg["layers"], float(cfg["dropout"]),
+            bool(cfg["tie"]), cfg.get("remat"))
     return _cached(("model",) + args, lambda: lm.language_model(*args))
 
 
@@ -505,7 +527,8 @@ def _train(args: argparse.Namespace) -> int:
     _write_json(cfg_path, {k: cfg[k] for k in TRAIN_DEFAULTS})
     n_params = sum(int(np.prod(a.shape)) for a in jax.tree_util.tree_leaves(state.params))
     _say(f"model: {cfg['layers']} x {cfg['cell'].upper()} {cfg['hidden']}, embed {cfg['embed']}, vocabulary "
-         f"{vocab.size}, dropout {cfg['dropout']}, tie {cfg['tie']}: {n_params:,} parameters")
+         f"{vocab.size}, dropout {cfg['dropout']}, tie {cfg['tie']}"
+         + (f", remat {cfg['remat']}" if cfg["remat"] is not None else "") + f": {n_params:,} parameters")
     _say(f"training: {total} steps of {B} x {T} tokens, {cfg['optimizer']} lr {cfg['lr']}, clip {cfg['clip']}, "
          f"validation every {eval_every} steps -> {out}"
          + (f", data-parallel over {args.devices} devices" if mesh is not None else ""))

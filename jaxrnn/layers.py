@@ -10,6 +10,8 @@ time step ``(B, F)``, a sequence ``(B, T, F)`` or an unbatched sequence ``(T, F)
     xs = emb.apply(e_params, tokens)               # (B, T) int -> (B, T, 32)
     logits = head.apply(h_params, ys)              # (B, T, 256) -> (B, T, 65)
     loss = jr.layers.softmax_cross_entropy(logits, targets, mask=None, reduction="mean")
+    # the same loss without the (B, T, 65) logits at once, 128 positions at a time:
+    loss = jr.layers.affine_cross_entropy(ys, h_params["w"], h_params["b"], targets, chunk=128)
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from jaxrnn._checks import check_array, check_floating, check_integer, concrete_
 
 Array = jax.Array
 
-__all__ = ["Layer", "embedding", "affine", "softmax_cross_entropy", "dropout"]
+__all__ = ["Layer", "embedding", "affine", "softmax_cross_entropy", "affine_cross_entropy", "dropout"]
 
 
 class Layer(NamedTuple):
@@ -120,18 +122,35 @@ def softmax_cross_entropy(
         raise ValueError(
             f"labels must have shape {shape_str(logits.shape[:-1])} (logits.shape[:-1]), got {shape_str(labels.shape)}"
         )
+    _check_reduction(reduction)
+    _check_labels(labels, logits.shape[-1], "logits.shape[-1]")
+    return _reduce(_nll(logits, labels), mask, reduction)
+
+
+def _check_reduction(reduction: str) -> None:
     if reduction not in ("mean", "sum", "none"):
         raise ValueError(f"reduction must be 'mean', 'sum' or 'none', got {reduction!r}")
+
+
+def _check_labels(labels: Array, classes: int, where: str) -> None:
     values = concrete_values(labels)
-    if values is not None and values.size and (values.min() < 0 or values.max() >= logits.shape[-1]):
+    if values is not None and values.size and (values.min() < 0 or values.max() >= classes):
         raise ValueError(
-            f"labels must lie in [0, {logits.shape[-1]}) (logits.shape[-1]), "
+            f"labels must lie in [0, {classes}) ({where}), "
             f"got values in [{int(values.min())}, {int(values.max())}]"
         )
+
+
+def _nll(logits: Array, labels: Array) -> Array:
+    """``logsumexp(logits) - logits[label]`` per position, in at least float32."""
     logits = logits.astype(jnp.promote_types(logits.dtype, jnp.float32))
     logz = jax.nn.logsumexp(logits, axis=-1)
     picked = jnp.take_along_axis(logits, labels[..., None].astype(jnp.int32), axis=-1)[..., 0]
-    nll = logz - picked
+    return logz - picked
+
+
+def _reduce(nll: Array, mask: Array | None, reduction: str) -> Array:
+    """Weight the per-position losses by ``mask`` and reduce them."""
     if mask is None:
         weight = jnp.ones_like(nll)
     else:
@@ -148,6 +167,84 @@ def softmax_cross_entropy(
     if reduction == "sum":
         return jnp.sum(nll)
     return jnp.sum(nll) / jnp.maximum(jnp.sum(weight), 1.0)
+
+
+def affine_cross_entropy(
+    x: Array, w: Array, b: Array | None, labels: Array, mask: Array | None = None, reduction: str = "mean",
+    chunk: int | None = None,
+) -> Array:
+    """``softmax_cross_entropy(x @ w + b, labels, mask, reduction)`` without all the logits at once.
+
+    The output layer and the loss of a language model over ``N`` positions make
+    ``(N, V)`` logits, and the backward pass keeps them (and builds their gradient): for
+    a large vocabulary that is where the memory goes. Here the ``N`` positions (all
+    leading dimensions of ``x`` flattened) are cut into chunks of ``chunk`` rows; a
+    ``lax.scan`` over the chunks computes each chunk's logits and per-position losses
+    under :func:`jax.checkpoint`, so forward and backward hold one chunk's ``(chunk, V)``
+    logits at a time and recompute them in the backward pass::
+
+        nll_n = logsumexp(x_n w + b) - (x_n w + b)[label_n]        # chunk by chunk
+
+    The weight gradient ``dw = sum_chunks x_c^T dlogits_c`` is accumulated over the
+    chunks. Values and gradients equal the unchunked computation to float tolerance.
+
+    Args:
+      x: ``(..., F)`` floating inputs, e.g. hidden states ``(B, T, H)``.
+      w: ``(F, V)`` output weights.
+      b: ``(V,)`` output bias, or ``None``.
+      labels: integer ids of shape ``x.shape[:-1]``, in ``[0, V)``.
+      mask: as in :func:`softmax_cross_entropy`.
+      reduction: ``"mean"``, ``"sum"`` or ``"none"``, as in :func:`softmax_cross_entropy`.
+      chunk: rows (positions) per chunk; ``None`` computes all logits at once (then this
+        is exactly ``softmax_cross_entropy(x @ w + b, ...)``). The last chunk is padded
+        with masked rows.
+
+    Returns:
+      As :func:`softmax_cross_entropy`.
+
+    Example::
+
+      >>> import jax, jax.numpy as jnp, jaxrnn as jr
+      >>> x = jax.random.normal(jax.random.key(0), (2, 7, 4))
+      >>> w, b = jnp.ones((4, 5)), jnp.zeros(5)
+      >>> labels = jnp.zeros((2, 7), jnp.int32)
+      >>> full = jr.layers.softmax_cross_entropy(x @ w + b, labels)
+      >>> bool(jnp.allclose(jr.layers.affine_cross_entropy(x, w, b, labels, chunk=3), full))
+      True
+    """
+    check_floating("x", x)
+    check_floating("w", w)
+    check_integer("labels", labels)
+    if w.ndim != 2 or x.ndim < 1 or x.shape[-1] != w.shape[0]:
+        raise ValueError(f"w must have shape ({x.shape[-1] if x.ndim else '?'}, V) to match x's last axis, "
+                         f"got w {shape_str(w.shape)} and x {shape_str(x.shape)}")
+    if b is not None and tuple(b.shape) != (w.shape[1],):
+        raise ValueError(f"b must have shape {shape_str((w.shape[1],))} (w.shape[1:]), got {shape_str(b.shape)}")
+    if labels.shape != x.shape[:-1]:
+        raise ValueError(
+            f"labels must have shape {shape_str(x.shape[:-1])} (x.shape[:-1]), got {shape_str(labels.shape)}"
+        )
+    _check_reduction(reduction)
+    _check_labels(labels, w.shape[1], "w.shape[1]")
+    if chunk is not None:
+        _positive_int("chunk", chunk)
+
+    def logits(rows: Array) -> Array:
+        return rows @ w if b is None else rows @ w + b
+
+    n = labels.size
+    if chunk is None or chunk >= n:
+        return _reduce(_nll(logits(x), labels), mask, reduction)
+    pad = -n % chunk
+    rows = jnp.pad(x.reshape(n, x.shape[-1]), ((0, pad), (0, 0)))
+    ids = jnp.pad(labels.reshape(n), (0, pad))
+
+    @jax.checkpoint
+    def body(_, inp):
+        return None, _nll(logits(inp[0]), inp[1])
+
+    _, nll = jax.lax.scan(body, None, (rows.reshape(-1, chunk, rows.shape[-1]), ids.reshape(-1, chunk)))
+    return _reduce(nll.reshape(-1)[:n].reshape(labels.shape), mask, reduction)
 
 
 def dropout(x: Array, rate: float, key: Array | None, deterministic: bool = False) -> Array:

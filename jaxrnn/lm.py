@@ -24,6 +24,20 @@ step splits the key, uses one half for this segment's dropout masks and carries 
 other half to the next segment, so dropout is reproducible, checkpointable with the
 rest of the state (plain ``uint32`` data) and different in every step.
 
+Memory: with ``remat=None`` (the default) :func:`loss` computes the ``(B, T, V)`` logits
+of the whole segment, and the backward pass keeps them, their gradient and every step's
+outputs, so its memory grows like ``T V``. With ``remat`` set (``"step"``, ``"sqrt"`` or
+an int ``k``) :func:`loss` runs the segment in blocks (:func:`jaxrnn.unroll.reduce_blocks`):
+embedding, recurrent stack, output layer and cross-entropy of each block of ``k`` steps
+run under :func:`jax.checkpoint`, the logits of a block a few positions at a time
+(:func:`jaxrnn.layers.affine_cross_entropy`, about ``2^20`` logits per chunk), so no
+``(B, T, V)`` array exists in the forward or backward pass; only the token ids, the
+carry at each block boundary and the summed loss cross blocks. With ``"sqrt"`` (``k``
+near ``sqrt(T)``) the memory of a full-BPTT gradient grows like ``sqrt(T)``. Values and
+gradients equal ``remat=None``'s to float tolerance; with dropout each block draws its
+masks from ``fold_in(key, s)`` (``s`` its first step), the same distribution but other
+masks than ``remat=None``.
+
 Metrics: with the mean negative log-likelihood ``nll`` in nats per token,
 ``perplexity = exp(nll)`` and ``bits per character = nll / ln 2``.
 
@@ -54,8 +68,8 @@ import numpy as np
 from jaxrnn._checks import as_key, check_integer, shape_str
 from jaxrnn.cells import BUILTIN, check_cell, from_name
 from jaxrnn.layers import dropout as _dropout
-from jaxrnn.layers import embedding, softmax_cross_entropy
-from jaxrnn.unroll import Stack, stack, unroll
+from jaxrnn.layers import affine_cross_entropy, embedding, softmax_cross_entropy
+from jaxrnn.unroll import Stack, check_remat, reduce_blocks, stack, unroll
 
 Array = jax.Array
 
@@ -67,6 +81,10 @@ __all__ = [
 #: Cell names accepted by :func:`language_model` (the keys of :data:`jaxrnn.cells.BUILTIN`);
 #: it also takes a cell object.
 CELLS = tuple(BUILTIN)
+
+#: With ``remat`` set, the output layer and cross-entropy run on chunks of at most this
+#: many logits (``max(1, CE_LOGITS // V)`` positions at a time; 4 MiB in float32).
+CE_LOGITS = 2**20
 
 
 class LanguageModel(NamedTuple):
@@ -83,6 +101,12 @@ class LanguageModel(NamedTuple):
       vocab_size, cell, hidden, embed, layers, dropout, tie: the hyper-parameters;
         ``cell`` is the name of a built-in cell or the cell object that was passed.
       net: the recurrent :class:`~jaxrnn.unroll.Stack`.
+      nll_sum: ``nll_sum(params, carry, x, y, key=None, remat=remat) -> (carry, total)``:
+        the summed next-token NLL of a segment (``x``, ``y`` ids ``(B, T)``), computed
+        block by block as ``remat`` says (see the module docstring); :func:`loss` calls it
+        with ``model.remat`` and divides by ``B T``.
+      remat: ``None``, ``"step"``, ``"sqrt"`` or an int block length: how :func:`loss`
+        trades memory for recomputation.
     """
 
     init: Callable
@@ -97,12 +121,14 @@ class LanguageModel(NamedTuple):
     dropout: float
     tie: bool
     net: Stack
+    nll_sum: Callable | None = None
+    remat: Any = None
 
     def config(self) -> dict:
         """The hyper-parameters as a dict; ``language_model(**config)`` rebuilds the model.
         JSON-able when the cell was given by name."""
         return {"vocab_size": self.vocab_size, "cell": self.cell, "hidden": self.hidden, "embed": self.embed,
-                "layers": self.layers, "dropout": self.dropout, "tie": self.tie}
+                "layers": self.layers, "dropout": self.dropout, "tie": self.tie, "remat": self.remat}
 
 
 def _positive_int(name: str, v: Any) -> int:
@@ -113,7 +139,7 @@ def _positive_int(name: str, v: Any) -> int:
 
 def language_model(
     vocab_size: int, cell: Any = "lstm", hidden: int | None = None, embed: int = 64, layers: int = 1,
-    dropout: float = 0.0, tie: bool = False,
+    dropout: float = 0.0, tie: bool = False, remat: Any = None,
 ) -> LanguageModel:
     """Build an RNN language model.
 
@@ -130,6 +156,11 @@ def language_model(
       dropout: rate in ``[0, 1)`` on the embeddings, between layers and before the
         output layer (training only).
       tie: reuse the embedding table as output weights; needs ``hidden == embed``.
+      remat: what the backward pass of :func:`loss` keeps. ``None``: everything (the
+        ``(B, T, V)`` logits and their gradient, every step's outputs). ``"step"``: the
+        carry of every step. An int ``k``: the carry every ``k`` steps, and one block of
+        ``k`` steps at a time (its logits a few positions at a time). ``"sqrt"``: ``k`` near
+        ``sqrt(T)``, memory growing like ``sqrt(T)``. See the module docstring.
 
     Returns:
       A :class:`LanguageModel`.
@@ -158,6 +189,7 @@ def language_model(
         raise ValueError(f"dropout must be a float in [0, 1), got {dropout!r}")
     dropout = float(dropout)
     tie = bool(tie)
+    remat = check_remat(remat)
     if tie and hidden != embed:
         raise ValueError(
             f"tie=True reuses the embedding table (vocab_size, embed) as the output weights, so hidden "
@@ -214,6 +246,36 @@ def language_model(
         carry, ys = unroll(net, params["rnn"], x, carry, key=k_net)
         return carry, _logits(params, _dropout(ys, dropout, k_out))
 
+    ce_rows = max(1, CE_LOGITS // vocab_size)
+    built_remat = remat
+
+    def nll_sum(params: dict, carry, x: Array, y: Array, key: Array | None = None, remat: Any = built_remat):
+        remat = check_remat(remat)
+        _check(params)
+        for name, ids in (("x", x), ("y", y)):
+            check_integer(name, ids)
+            if ids.ndim != 2:
+                raise ValueError(f"{name} must have shape (batch, time), got {shape_str(ids.shape)}")
+        if y.shape != x.shape:
+            raise ValueError(f"y must have the shape of x, {shape_str(x.shape)}, got {shape_str(y.shape)}")
+        if carry is None:
+            carry = initial_carry(x.shape[0], params["embed"]["table"].dtype)
+        out = params["out"]
+        w = params["embed"]["table"].T if tie else out["w"]
+
+        def block(c, xy, start):
+            x_b, y_b = xy
+            k_in = k_net = k_out = None
+            if key is not None and dropout > 0.0:
+                k_in, k_net, k_out = jax.random.split(key if remat is None else jax.random.fold_in(key, start), 3)
+            e = _dropout(emb.apply(params["embed"], x_b), dropout, k_in)
+            c, ys = unroll(net, params["rnn"], e, c, key=k_net)
+            ys = _dropout(ys, dropout, k_out)
+            chunk = None if remat is None else ce_rows
+            return c, affine_cross_entropy(ys, w, out["b"], y_b, reduction="sum", chunk=chunk)
+
+        return reduce_blocks(block, carry, (x, y), remat=remat)
+
     def step(params: dict, carry, token_t: Array):
         _check(params)
         check_integer("token_t", token_t)
@@ -222,7 +284,7 @@ def language_model(
         return carry, _logits(params, y)
 
     return LanguageModel(init, initial_carry, apply, step, vocab_size, cell, hidden, embed, layers,
-                         dropout, tie, net)
+                         dropout, tie, net, nll_sum, remat)
 
 
 # --------------------------------------------------------------------------- training
@@ -258,7 +320,14 @@ def loss(model: LanguageModel, params: dict, carry, x: Array, y: Array, key: Arr
     Returns:
       ``(loss, carry)``: the mean negative log-likelihood in nats per token and the
       state after the segment.
+
+    With ``model.remat`` set the loss is ``model.nll_sum(...) / (B T)``, computed block
+    by block without the ``(B, T, V)`` logits (see the module docstring); with ``None``
+    it is the cross-entropy of ``model.apply``'s logits.
     """
+    if model.remat is not None:
+        carry, total = model.nll_sum(params, carry, x, y, key=key, remat=model.remat)
+        return total / max(x.size, 1), carry
     carry, logits = model.apply(params, carry, x, key=key)
     return softmax_cross_entropy(logits, y), carry
 

@@ -36,7 +36,8 @@ from jaxrnn.layers import dropout as _dropout
 
 Array = jax.Array
 
-__all__ = ["unroll", "stack", "bidirectional", "Stack", "Bidirectional", "output_size"]
+__all__ = ["unroll", "unroll_readout", "reduce_blocks", "stack", "bidirectional", "Stack", "Bidirectional",
+           "output_size"]
 
 
 class Bidirectional(NamedTuple):
@@ -201,6 +202,13 @@ def _check_lengths(lengths: Any, batch: tuple[int, ...], steps: int) -> None:
         lo, hi = int(values.min()), int(values.max())
         if lo < 0 or hi > steps:
             raise ValueError(f"lengths must lie in [0, {steps}] (the time length of xs), got values in [{lo}, {hi}]")
+
+
+def check_remat(remat: Any) -> Any:
+    """Return ``remat`` if it is ``None``, ``"step"``, ``"sqrt"`` or a positive int; else
+    raise a ``ValueError`` naming ``remat``, what it takes and what was given."""
+    _block_length(remat, 1)
+    return remat
 
 
 def _block_length(remat: Any, steps: int) -> int | None:
@@ -481,3 +489,242 @@ def unroll(
     carry, ys_tm = _unroll_tm(cell, params, xs_tm, carry, lengths, reverse, unroll, remat, key)
     ys = ys_tm if (time_major or not batched) else jnp.swapaxes(ys_tm, 0, 1)
     return carry, ys
+
+
+# --------------------------------------------------------------------------- per-step losses in blocks
+
+
+def reduce_blocks(fn, carry, xs, *, remat: Any = None, axis: int = 1):
+    """Run ``fn`` over consecutive blocks of time steps and sum what each block returns.
+
+    ``fn(carry, xs_block, start) -> (carry, reduced)`` handles the steps ``[start, start
+    + k)``: ``xs_block`` is every leaf of ``xs`` sliced to those steps along ``axis``,
+    ``start`` an int32 scalar (use it to slice lengths or fold a dropout key), and
+    ``reduced`` any pytree of arrays of fixed shape (a loss sum, a count). The result is
+
+        carry_{j+1}, r_j = fn(carry_j, xs[:, j k : (j + 1) k], j k)
+        total = r_0 + r_1 + ...
+
+    which equals ``fn(carry, xs, 0)`` whenever ``fn`` is a recurrence followed by a sum
+    over time (a per-step loss, a readout summed over steps). Each block runs under
+    :func:`jax.checkpoint`, so only the carries at the block boundaries (and the scalar
+    sums) cross from the forward to the backward pass; the block's outputs, logits and
+    their cotangents exist one block at a time, and are recomputed in the backward pass.
+
+    What the backward pass keeps, by ``remat``:
+
+    * ``None``: one call ``fn(carry, xs, 0)`` without checkpointing (everything ``fn``
+      keeps, e.g. all outputs and logits);
+    * ``"step"``: blocks of one step: the carry of every step;
+    * an int ``k``: the carry at the start of every block of ``k`` steps, plus one
+      block's intermediates while that block is recomputed;
+    * ``"sqrt"``: ``k`` near ``sqrt(T)`` (the divisor of ``T`` nearest ``sqrt(T)``
+      when one lies within a factor 2, else ``ceil(sqrt(T))``), so both terms grow
+      like ``sqrt(T)``.
+
+    When ``k`` does not divide ``T`` the last ``T mod k`` steps are one shorter block
+    (``fn`` is traced for both lengths), so nothing is padded.
+
+    Args:
+      fn: the block function described above.
+      carry: the initial carry (any pytree).
+      xs: a pytree of arrays sharing their time length along ``axis``.
+      remat: ``None``, ``"step"``, ``"sqrt"`` or a positive int block length.
+      axis: the time axis of every leaf of ``xs`` (1 for ``(batch, time, ...)``).
+
+    Returns:
+      ``(carry, total)``: the carry after the last step and the sum of the blocks'
+      ``reduced`` outputs.
+
+    Example::
+
+      >>> import jax, jax.numpy as jnp, jaxrnn as jr
+      >>> cell = jr.rnn(4)
+      >>> params = cell.init(jax.random.key(0), input_size=3)
+      >>> xs = jnp.ones((2, 10, 3))
+      >>> def block(c, x, start):
+      ...     c, ys = jr.unroll(cell, params, x, c)
+      ...     return c, jnp.sum(ys ** 2)
+      >>> _, whole = jr.reduce_blocks(block, cell.initial_carry(2), xs)
+      >>> _, blocks = jr.reduce_blocks(block, cell.initial_carry(2), xs, remat=3)
+      >>> bool(jnp.allclose(whole, blocks))
+      True
+    """
+    leaves = jax.tree_util.tree_leaves(xs)
+    if not leaves:
+        raise ValueError("xs must hold at least one array with a time axis, got an empty pytree")
+    for leaf in leaves:
+        if not hasattr(leaf, "shape") or leaf.ndim <= axis:
+            shape = shape_str(getattr(leaf, "shape", ()))
+            raise ValueError(f"every leaf of xs must have a time axis {axis}, got shape {shape}")
+    steps = int(leaves[0].shape[axis])
+    if any(int(leaf.shape[axis]) != steps for leaf in leaves):
+        got = sorted({int(leaf.shape[axis]) for leaf in leaves})
+        raise ValueError(f"every leaf of xs must have the same length along axis {axis}, got lengths {got}")
+    if remat == "sqrt":  # a divisor of T near sqrt(T): no shorter last block to trace
+        k = _fused.chunk_length(steps, "sqrt")
+    else:
+        k = 1 if remat == "step" else _block_length(remat, steps)
+    if k is None or steps == 0:
+        return fn(carry, xs, jnp.int32(0))
+
+    def cut(start, length):
+        return jax.tree_util.tree_map(lambda a: jax.lax.dynamic_slice_in_dim(a, start, length, axis=axis), xs)
+
+    n, rest = divmod(steps, k)
+    total = None
+    if n:
+        @jax.checkpoint
+        def block(c, j):
+            start = j * k
+            return fn(c, cut(start, k), start)
+
+        zeros = jax.tree_util.tree_map(lambda s: jnp.zeros(s.shape, s.dtype),
+                                       jax.eval_shape(block, carry, jnp.int32(0))[1])
+
+        def body(state, j):
+            c, acc = state
+            c, r = block(c, j)
+            return (c, jax.tree_util.tree_map(jnp.add, acc, r)), None
+
+        (carry, total), _ = jax.lax.scan(body, (carry, zeros), jnp.arange(n, dtype=jnp.int32))
+    if rest:
+        start = jnp.int32(n * k)
+        carry, r = jax.checkpoint(lambda c: fn(c, cut(start, rest), start))(carry)
+        total = r if total is None else jax.tree_util.tree_map(jnp.add, total, r)
+    return carry, total
+
+
+def _check_blockwise(module: Module) -> None:
+    """Blocks read time forwards; a bidirectional layer needs the whole sequence at once."""
+    layers = module.layers if isinstance(module, Stack) else (module,)
+    for layer in layers:
+        if isinstance(layer, Bidirectional):
+            raise TypeError(
+                "unroll_readout runs the sequence in blocks from first to last step; a Bidirectional layer "
+                "reads it backwards too, so it cannot be cut into blocks (use jr.unroll and a plain readout)"
+            )
+
+
+def unroll_readout(
+    cell: Module,
+    params,
+    xs: Array,
+    readout,
+    carry=None,
+    *,
+    targets: Any = None,
+    lengths: Array | None = None,
+    remat: Any = None,
+    key: Array | None = None,
+    unroll: int = 1,
+):
+    """Unroll a recurrent module and sum a per-step readout, block by block.
+
+    Equivalent to::
+
+        carry, ys = jr.unroll(cell, params, xs, carry, lengths=lengths, key=key)
+        mask = arange(T) < lengths[:, None]          # all True without lengths
+        total = readout(ys, targets, mask)
+
+    for any ``readout`` that is a sum over time steps (a summed per-step loss, a
+    readout summed over steps), but without ever holding all of ``ys`` (or what the
+    readout makes of them, e.g. ``(B, T, V)`` logits) at once when ``remat`` is set:
+    time is cut into blocks (see :func:`reduce_blocks`), and each block's recurrence
+    and readout run, and in the backward pass rerun, under :func:`jax.checkpoint`.
+    What the backward pass keeps, by ``remat``:
+
+    * ``None``: everything, all outputs ``ys`` and the readout's intermediates;
+    * ``"step"``: the carry of every step;
+    * an int ``k``: the carry every ``k`` steps, and one block of ``k`` steps at a time;
+    * ``"sqrt"``: the same with ``k`` near ``sqrt(T)``: memory grows like ``sqrt(T)``.
+
+    Within a block the module unrolls with ``remat=None`` (for the built-in cells, their
+    fast path with its hoisted input projection).
+
+    Args:
+      cell: a cell (built-in or your own), or a :class:`Stack` of cells. A
+        :class:`Bidirectional` layer is refused (``TypeError``): it reads the sequence
+        backwards, which blocks from first to last cannot do.
+      params: its parameters.
+      xs: ``(batch, time, features)``, or ``(time, features)`` unbatched.
+      readout: ``readout(ys, targets, mask) -> pytree`` for one block: ``ys`` the block's
+        outputs ``(batch, k, H)`` (zero at steps past a row's length), ``targets`` the
+        block's slice of ``targets`` along time (``None`` when none were given), ``mask``
+        ``(batch, k)`` bool, True at valid steps. It must return a sum over the block's
+        steps (arrays of fixed shape); the blocks' results are added.
+      carry: the initial carry; ``None`` means zeros.
+      targets: ``None`` or a pytree of arrays with the time axis where ``xs`` has it
+        (``(batch, time, ...)``), sliced alongside ``xs``.
+      lengths: optional ``(batch,)`` valid lengths, as in :func:`unroll`.
+      remat: ``None``, ``"step"``, ``"sqrt"`` or a positive int block length.
+      key: PRNG key for dropout between the layers of a :class:`Stack`. With ``remat``
+        set, block ``j`` (starting at step ``s``) draws its masks from
+        ``jax.random.fold_in(key, s)``: the same distribution as one key over the whole
+        sequence, but other masks than ``remat=None`` draws; the backward pass redraws
+        the same masks.
+      unroll: ``lax.scan`` unroll inside each block (see :func:`unroll`).
+
+    Returns:
+      ``(carry, total)``: the final carry and the summed readout.
+
+    Example::
+
+      >>> import jax, jax.numpy as jnp, jaxrnn as jr
+      >>> cell = jr.lstm(8)
+      >>> params = cell.init(jax.random.key(0), input_size=3)
+      >>> xs, ys_true = jnp.ones((2, 9, 3)), jnp.zeros((2, 9, 8))
+      >>> def sse(ys, targets, mask):                    # summed squared error of the valid steps
+      ...     return jnp.sum(mask[..., None] * (ys - targets) ** 2)
+      >>> lengths = jnp.array([9, 4])
+      >>> _, a = jr.unroll_readout(cell, params, xs, sse, targets=ys_true, lengths=lengths)
+      >>> _, b = jr.unroll_readout(cell, params, xs, sse, targets=ys_true, lengths=lengths, remat="sqrt")
+      >>> bool(jnp.allclose(a, b))
+      True
+    """
+    _check_module(cell, "cell")
+    _check_blockwise(cell)
+    _check_xs(xs, False)
+    if isinstance(unroll, bool) or not isinstance(unroll, int) or unroll < 1:
+        raise ValueError(f"unroll must be a positive int, got {unroll!r}")
+    _block_length(remat, 1)  # validate early
+    if not callable(readout):
+        raise TypeError(f"readout must be a function readout(ys, targets, mask), got {type(readout).__name__}")
+    batched = xs.ndim == 3
+    axis = 1 if batched else 0
+    steps = xs.shape[axis]
+    batch = tuple(xs.shape[:1]) if batched else ()
+    if lengths is not None:
+        _check_lengths(lengths, batch, steps)
+    if targets is not None:
+        for leaf in jax.tree_util.tree_leaves(targets):
+            if leaf.ndim <= axis or leaf.shape[axis] != steps:
+                raise ValueError(
+                    f"every array in targets must have the time length {steps} of xs along axis {axis}, "
+                    f"got shape {shape_str(leaf.shape)}"
+                )
+    blocked = remat is not None
+    if carry is None:  # zeros, made here: the scan over blocks needs a carry to start from
+        shapes = jax.eval_shape(lambda x: _unroll_tm_batch(cell, params, x, None, None, unroll, None, batched)[0], xs)
+        carry = jax.tree_util.tree_map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
+
+    def block(c, inp, start):
+        x_b, t_b = inp
+        k = x_b.shape[axis]
+        if lengths is None:
+            len_b, mask = None, jnp.ones(batch + (k,), bool)
+        else:
+            len_b = jnp.clip(lengths - start, 0, k).astype(lengths.dtype)
+            mask = start + jnp.arange(k) < jnp.asarray(lengths)[..., None]
+        k_b = jax.random.fold_in(key, start) if (key is not None and blocked) else key
+        c, ys = _unroll_tm_batch(cell, params, x_b, c, len_b, unroll, k_b, batched)
+        return c, readout(ys, t_b, mask)
+
+    return reduce_blocks(block, carry, (xs, targets), remat=remat, axis=axis)
+
+
+def _unroll_tm_batch(cell, params, x, carry, lengths, unroll_, key, batched):
+    """:func:`unroll` of one block without re-validating the arguments."""
+    x_tm = jnp.swapaxes(x, 0, 1) if batched else x
+    carry, ys = _unroll_tm(cell, params, x_tm, carry, lengths, False, unroll_, None, key)
+    return carry, (jnp.swapaxes(ys, 0, 1) if batched else ys)

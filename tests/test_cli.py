@@ -249,6 +249,8 @@ def test_huge_perplexities_print_in_a_few_digits():
         (["--seq-len", "0"], "--seq-len must be a positive int, got 0"),
         (["--max-skips", "0"], "--max-skips must be a positive int, got 0"),
         (["--seed", "-3"], "--seed must be an int >= 0, got -3"),
+        (["--remat", "half"], "--remat must be none, step, sqrt or a positive int block length, got 'half'"),
+        (["--remat", "0"], "--remat must be none, step, sqrt or a positive int block length, got '0'"),
         (["--seq-len", "1000"], "--batch-size 4 x --seq-len 1000 = 4000 tokens do not fit in the training split of "
                                 "2298 tokens"),
     ],
@@ -259,6 +261,16 @@ def test_numeric_flags_must_be_finite_and_in_range(flags, message, corpus_file, 
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err
     assert not os.path.exists(tmp_path / "r" / cli.CONFIG)  # nothing written, no NaN in a config.json
+
+
+def test_remat_is_recorded_and_trains(corpus_file, tmp_path):
+    run = str(tmp_path / "run")
+    assert _train("--corpus", corpus_file, "--steps", "2", "--remat", "SQRT", "--out", run) == 0
+    with open(os.path.join(run, cli.CONFIG)) as f:
+        assert json.load(f)["remat"] == "sqrt"
+    assert math.isfinite(_metrics(run)["val_loss"])
+    assert "remat" not in cli._FIXED_ON_RESUME  # a resumed run may change it (memory only)
+    assert [cli._remat(v) for v in ("none", "step", "12", None, 12)] == [None, "step", 12, None, 12]
 
 
 def test_corrupt_config_json_is_named(reference_run, tmp_path, capsys):
