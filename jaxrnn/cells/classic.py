@@ -35,6 +35,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxrnn._checks import as_key, check_array, check_floating, shape_str
+from jaxrnn.cells._layout import guess
 from jaxrnn.cells.protocol import Cell, _batch_shape, _check_hidden_size, _check_input_size
 
 Array = jax.Array
@@ -60,13 +61,7 @@ def is_builtin(cell: Any) -> bool:
 
 def _guess_kind(params: Params, hidden_size: int) -> str:
     """Name the cell type a params tree seems to come from (for error messages)."""
-    w_h = params.get("w_h") if isinstance(params, dict) else None
-    if w_h is None or not hasattr(w_h, "shape") or w_h.ndim != 2 or w_h.shape[0] == 0:
-        return "an unknown cell"
-    gates = w_h.shape[1] // w_h.shape[0]
-    if "b_hn" in params:
-        return "a GRU"
-    return {1: "a plain RNN", 4: "an LSTM", 3: "a GRU"}.get(gates, f"a {gates}-gate cell")
+    return guess(params)
 
 
 def check_params(params: Any, kind: str, hidden_size: int) -> int:
@@ -263,7 +258,7 @@ def rnn(hidden_size: int, activation: str = "tanh") -> Cell:
     return _make_cell(kind, hidden_size, step, _make_init(kind, hidden_size))
 
 
-def lstm(hidden_size: int, forget_bias: float = 1.0) -> Cell:
+def lstm(hidden_size: int, forget_bias: float = 1.0, proj_size: int | None = None) -> Cell:
     r"""Long short-term memory cell (PyTorch ``nn.LSTM``), gates in order ``i, f, g, o``.
 
     Equations (row vectors, as in the code)::
@@ -280,6 +275,10 @@ def lstm(hidden_size: int, forget_bias: float = 1.0) -> Cell:
       hidden_size: ``H``.
       forget_bias: initial value of the forget-gate block of ``b`` (default 1.0; use 0.0
         to match PyTorch's zero-mean bias initialisation).
+      proj_size: ``None`` (default) for the plain LSTM above; an int ``P`` in ``[1, H)``
+        for PyTorch's LSTM with projections, ``h' = (o * tanh(c')) W_hr`` of size ``P``
+        (see :func:`jaxrnn.cells.projected.projected_lstm`, which builds it: a cell
+        without the hand-written derivative, ``kind="lstmp"``).
 
     Returns:
       A :class:`Cell` with ``G = 4``; its carry is the pair ``(h, c)``.
@@ -294,6 +293,10 @@ def lstm(hidden_size: int, forget_bias: float = 1.0) -> Cell:
       ((2, 8), (2, 8))
     """
     hidden_size = _check_hidden_size(hidden_size)
+    if proj_size is not None:
+        from jaxrnn.cells.projected import projected_lstm  # it builds on this module's checks
+
+        return projected_lstm(hidden_size, proj_size, forget_bias)
     h_size = hidden_size
 
     def step(params: Params, carry, xp: Array):
