@@ -221,6 +221,28 @@ def _make_cell(kind: str, hidden_size: int, step, init) -> Cell:
                 step=checked_step, kind=kind, num_gates=_KIND_GATES[kind], fused=True)
 
 
+def lstm_gates(z: Array, c: Array, hidden_size: int) -> tuple[Array, Array]:
+    """The LSTM's gating from its pre-activations ``z = (..., 4H)``: ``(o, c')`` with
+    ``i, f, o = sigmoid(.)``, ``g = tanh(.)`` of the blocks and ``c' = f * c + i * g``
+    (shared by :func:`lstm` and the LSTM variants of the other modules)."""
+    hs = hidden_size
+    i = jax.nn.sigmoid(z[..., 0 * hs : 1 * hs])
+    f = jax.nn.sigmoid(z[..., 1 * hs : 2 * hs])
+    g = jnp.tanh(z[..., 2 * hs : 3 * hs])
+    o = jax.nn.sigmoid(z[..., 3 * hs : 4 * hs])
+    return o, f * c + i * g
+
+
+def gru_update(xp: Array, hp: Array, h: Array, b_hn: Array, hidden_size: int) -> Array:
+    """The GRU's new state from its input part ``xp`` and recurrent part ``hp`` (both
+    ``(..., 3H)``, blocks ``r, z, n``): ``(1 - z) * n + z * h`` (see :func:`gru`)."""
+    hs = hidden_size
+    r = jax.nn.sigmoid(xp[..., 0:hs] + hp[..., 0:hs])
+    z = jax.nn.sigmoid(xp[..., hs : 2 * hs] + hp[..., hs : 2 * hs])
+    n = jnp.tanh(xp[..., 2 * hs :] + r * (hp[..., 2 * hs :] + b_hn))
+    return (1.0 - z) * n + z * h
+
+
 def rnn(hidden_size: int, activation: str = "tanh") -> Cell:
     r"""Elman RNN cell (PyTorch ``nn.RNN``).
 
@@ -301,12 +323,7 @@ def lstm(hidden_size: int, forget_bias: float = 1.0, proj_size: int | None = Non
 
     def step(params: Params, carry, xp: Array):
         h, c = carry
-        z = xp + h @ params["w_h"]
-        i = jax.nn.sigmoid(z[..., 0 * h_size : 1 * h_size])
-        f = jax.nn.sigmoid(z[..., 1 * h_size : 2 * h_size])
-        g = jnp.tanh(z[..., 2 * h_size : 3 * h_size])
-        o = jax.nn.sigmoid(z[..., 3 * h_size : 4 * h_size])
-        c_new = f * c + i * g
+        o, c_new = lstm_gates(xp + h @ params["w_h"], c, h_size)
         h_new = o * jnp.tanh(c_new)
         return (h_new, c_new), h_new
 
@@ -344,11 +361,7 @@ def gru(hidden_size: int) -> Cell:
     hs = hidden_size
 
     def step(params: Params, h: Array, xp: Array):
-        hp = h @ params["w_h"]
-        r = jax.nn.sigmoid(xp[..., 0:hs] + hp[..., 0:hs])
-        z = jax.nn.sigmoid(xp[..., hs : 2 * hs] + hp[..., hs : 2 * hs])
-        n = jnp.tanh(xp[..., 2 * hs :] + r * (hp[..., 2 * hs :] + params["b_hn"]))
-        h_new = (1.0 - z) * n + z * h
+        h_new = gru_update(xp, h @ params["w_h"], h, params["b_hn"], hs)
         return h_new, h_new
 
     return _make_cell("gru", hidden_size, step, _make_init("gru", hidden_size))

@@ -28,7 +28,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxrnn.cells._layout import build, check_init_args, lecun_normal
-from jaxrnn.cells.classic import _orthogonal_blocks
+from jaxrnn.cells.classic import _orthogonal_blocks, gru_update, lstm_gates
 from jaxrnn.cells.protocol import Cell, _check_hidden_size
 
 __all__ = ["ln_lstm", "ln_gru", "layer_norm"]
@@ -114,12 +114,7 @@ def ln_lstm(hidden_size: int, forget_bias: float = 1.0, eps: float = EPS) -> Cel
 
     def step(params, carry, xp):
         h, c = carry
-        z = xp + layer_norm(h @ params["w_h"], params["g_h"], 4, eps)
-        i = jax.nn.sigmoid(z[..., 0 * hs : 1 * hs])
-        f = jax.nn.sigmoid(z[..., 1 * hs : 2 * hs])
-        g = jnp.tanh(z[..., 2 * hs : 3 * hs])
-        o = jax.nn.sigmoid(z[..., 3 * hs : 4 * hs])
-        c_new = f * c + i * g
+        o, c_new = lstm_gates(xp + layer_norm(h @ params["w_h"], params["g_h"], 4, eps), c, hs)
         h_new = o * jnp.tanh(layer_norm(c_new, params["g_c"], 1, eps) + params["b_c"])
         return (h_new, c_new), h_new
 
@@ -167,11 +162,7 @@ def ln_gru(hidden_size: int, eps: float = EPS) -> Cell:
         return layer_norm(x @ params["w_x"], params["g_x"], 3, eps) + params["b"]
 
     def step(params, h, xp):
-        hp = layer_norm(h @ params["w_h"], params["g_h"], 3, eps)
-        r = jax.nn.sigmoid(xp[..., 0:hs] + hp[..., 0:hs])
-        z = jax.nn.sigmoid(xp[..., hs : 2 * hs] + hp[..., hs : 2 * hs])
-        n = jnp.tanh(xp[..., 2 * hs :] + r * (hp[..., 2 * hs :] + params["b_hn"]))
-        h_new = (1.0 - z) * n + z * h
+        h_new = gru_update(xp, layer_norm(h @ params["w_h"], params["g_h"], 3, eps), h, params["b_hn"], hs)
         return h_new, h_new
 
     init = _make_init(hs, 3, {"b_hn": 0.0}, None)

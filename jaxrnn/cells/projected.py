@@ -21,6 +21,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxrnn.cells._layout import build, check_init_args, lecun_normal
+from jaxrnn.cells.classic import lstm_gates
 from jaxrnn.cells.protocol import Cell, _check_hidden_size
 
 __all__ = ["projected_lstm", "check_proj_size"]
@@ -93,12 +94,7 @@ def projected_lstm(hidden_size: int, proj_size: int, forget_bias: float = 1.0) -
 
     def step(params, carry, xp):
         h, c = carry
-        z = xp + h @ params["w_h"]
-        i = jax.nn.sigmoid(z[..., 0 * h_size : 1 * h_size])
-        f = jax.nn.sigmoid(z[..., 1 * h_size : 2 * h_size])
-        g = jnp.tanh(z[..., 2 * h_size : 3 * h_size])
-        o = jax.nn.sigmoid(z[..., 3 * h_size : 4 * h_size])
-        c_new = f * c + i * g
+        o, c_new = lstm_gates(xp + h @ params["w_h"], c, h_size)
         h_new = (o * jnp.tanh(c_new)) @ params["w_hr"]
         return (h_new, c_new), h_new
 
