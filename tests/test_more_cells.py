@@ -138,25 +138,28 @@ def test_matches_loop_of_equations_float64(name):
 
 
 def test_init_shapes_dtypes_and_documented_values():
-    k = jax.random.key(0)
-    p = jr.lstm(H, proj_size=P).init(k, F, jnp.float64)
+    cells = {"lstmp": jr.lstm(H, proj_size=P), "lnlstm": jr.ln_lstm(H), "lngru": jr.ln_gru(H), "mgu": jr.mgu(H),
+             "mgu_no_reset": jr.mgu(H, reset_gate=False), "indrnn": jr.indrnn(64),
+             "indrnn_bounded": jr.indrnn(64, recurrent_max=0.25)}
+    # one compilation for every init (eagerly, each small op would compile on its own)
+    inits = jax.jit(lambda k: {n: c.init(k, F, jnp.float64) for n, c in cells.items()})(jax.random.key(0))
+    p = inits["lstmp"]
     assert {n: a.shape for n, a in p.items()} == {"w_x": (F, 4 * H), "w_h": (P, 4 * H), "b": (4 * H,), "w_hr": (H, P)}
-    assert all(a.dtype == jnp.float64 for a in p.values())
+    assert all(a.dtype == jnp.float64 for a in jax.tree.leaves(inits))
     np.testing.assert_array_equal(p["b"], np.r_[np.zeros(H), np.ones(H), np.zeros(2 * H)])
-    ln = jr.ln_lstm(H).init(k, F)
+    ln = inits["lnlstm"]
     for g in ("g_x", "g_h", "g_c"):
         np.testing.assert_array_equal(ln[g], 1.0)
     np.testing.assert_array_equal(ln["b_c"], 0.0)
     np.testing.assert_array_equal(ln["b"][H : 2 * H], 1.0)
-    lg = jr.ln_gru(H).init(k, F)
-    np.testing.assert_array_equal(lg["b"], 0.0)
-    m = jr.mgu(H).init(k, F)
+    np.testing.assert_array_equal(inits["lngru"]["b"], 0.0)
+    m = inits["mgu"]
     np.testing.assert_array_equal(m["b"], np.r_[np.ones(H), np.zeros(H)])
     np.testing.assert_allclose(m["w_h"][:, :H].T @ m["w_h"][:, :H], np.eye(H), atol=1e-5)  # orthogonal blocks
-    assert "b_hn" not in jr.mgu(H, reset_gate=False).init(k, F)
-    u = np.asarray(jr.indrnn(64).init(k, F)["u"])
+    assert "b_hn" not in inits["mgu_no_reset"]
+    u = np.asarray(inits["indrnn"]["u"])
     assert 0 <= u.min() and 0.5 < u.max() <= 1
-    ub = np.asarray(jr.indrnn(64, recurrent_max=0.25).init(k, F)["u"])
+    ub = np.asarray(inits["indrnn_bounded"]["u"])
     assert 0 <= ub.min() and 0.125 < ub.max() <= 0.25
 
 

@@ -55,7 +55,8 @@ _KIND_GATES = {kind: max(1, len(names)) for kind, names in GATE_NAMES.items()}
 
 
 def is_builtin(cell: Any) -> bool:
-    """True for the cells made by ``jr.lstm``, ``jr.gru`` and ``jr.rnn`` (``fused=True``)."""
+    """True for the cells made by ``jr.lstm``, ``jr.gru`` and ``jr.rnn`` (``fused=True``;
+    not the projected ``jr.lstm(H, proj_size=P)``, whose ``kind`` is ``"lstmp"``)."""
     return isinstance(cell, Cell) and bool(cell.fused) and cell.kind in _KIND_GATES
 
 
