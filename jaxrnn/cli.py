@@ -2,7 +2,8 @@
 
 ::
 
-    jaxrnn train [--corpus PATH] [--level char|word] [--format text|ptb] [--cell lstm|gru|rnn|rnn_relu]
+    jaxrnn train [--corpus PATH] [--level char|word] [--format text|ptb]
+                 [--cell lstm|gru|rnn|rnn_relu|lstmp|lnlstm|lngru|mgu|indrnn] [--proj-size P]
                  [--layers N] [--hidden H] [--embed E] [--dropout P] [--tie] [--remat none|step|sqrt|K]
                  [--batch-size B] [--seq-len T] [--steps N | --epochs N]
                  [--optimizer adam|sgd] [--lr LR] [--clip C] [--seed S] [--eval-every N]
@@ -61,7 +62,7 @@ SAMPLE = "sample.txt"
 #: Defaults of ``jaxrnn train``; a value given on the command line overrides them.
 TRAIN_DEFAULTS: dict[str, Any] = {
     "corpus": None, "level": "char", "format": "text", "max_vocab": None,
-    "cell": "lstm", "layers": 1, "hidden": 256, "embed": 64, "dropout": 0.0, "tie": False,
+    "cell": "lstm", "proj_size": None, "layers": 1, "hidden": 256, "embed": 64, "dropout": 0.0, "tie": False,
     "batch_size": 32, "seq_len": 64, "steps": None, "epochs": None,
     "optimizer": "adam", "lr": None, "clip": 5.0, "seed": 0, "eval_every": None,
     "eval_batch_size": None, "sample_length": None, "temperature": 0.8,
@@ -74,13 +75,15 @@ DEFAULT_LR = {"adam": 2e-3, "sgd": 1.0}
 # point elsewhere (a moved file) if its vocabulary and length match the checkpoint's.
 # --remat may change too: it changes the memory of a step, not the model (the values
 # agree to float tolerance; with --dropout the masks drawn after the resume differ).
-_FIXED_ON_RESUME = ("level", "format", "max_vocab", "cell", "layers", "hidden", "embed", "dropout",
+_FIXED_ON_RESUME = ("level", "format", "max_vocab", "cell", "proj_size", "layers", "hidden", "embed", "dropout",
                     "tie", "batch_size", "seq_len", "optimizer", "lr", "clip", "seed")
 
 
 #: The names ``--cell`` takes: those of ``jaxrnn.cells.BUILTIN`` (written out here so that
 #: ``jaxrnn --help`` does not have to import JAX; a test keeps the two equal).
-CELLS = ("lstm", "gru", "rnn", "rnn_relu")
+CELLS = ("lstm", "gru", "rnn", "rnn_relu", "lstmp", "lnlstm", "lngru", "mgu", "indrnn")
+#: The ``--cell`` names that take ``--proj-size`` (``jaxrnn.cells.PROJECTED``).
+PROJECTED = ("lstmp",)
 
 
 class CLIError(Exception):
@@ -108,7 +111,11 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--max-vocab", type=int, default=S, metavar="N", help="word-level text: keep the N most frequent "
                    "tokens, the rest become <unk>")
     t.add_argument("--cell", choices=list(CELLS), default=S,
-                   help=f"recurrent cell: rnn is the tanh Elman cell (default {d['cell']})")
+                   help="recurrent cell: rnn is the tanh Elman cell, lstmp the LSTM with projections (see --proj-size), "
+                        "lnlstm / lngru layer-normalised, mgu the minimal gated unit, indrnn the independently "
+                        f"recurrent ReLU cell (default {d['cell']})")
+    t.add_argument("--proj-size", type=int, default=S, metavar="P", help="--cell lstmp only: size of the projected "
+                   "state and of each layer's outputs, in [1, H) (default H // 2)")
     t.add_argument("--layers", type=int, default=S, metavar="N", help=f"stacked layers (default {d['layers']})")
     t.add_argument("--hidden", type=int, default=S, metavar="H", help=f"hidden size (default {d['hidden']})")
     t.add_argument("--embed", type=int, default=S, metavar="E", help=f"embedding size (default {d['embed']})")
@@ -205,6 +212,7 @@ def _resolve(cfg: dict) -> dict:
                                   note="(0 = greedy)")
     cfg["seed"] = _checked(_validate.non_negative_int, "--seed", cfg["seed"])
     cfg["remat"] = _remat(cfg["remat"])
+    cfg["proj_size"] = _proj_size(cfg["cell"], cfg["proj_size"], cfg["hidden"])
     if cfg["corpus"] is not None:
         cfg["corpus"] = os.path.abspath(cfg["corpus"])
     return cfg
@@ -223,6 +231,26 @@ def _remat(v):
     if isinstance(text, int) and not isinstance(text, bool) and text >= 1:
         return text
     raise CLIError(f"--remat must be none, step, sqrt or a positive int block length, got {v!r}")
+
+
+def _proj_size(cell: str, proj_size, hidden: int):
+    """``--proj-size`` checked against ``--cell`` and ``--hidden``; ``hidden // 2`` by default
+    for ``--cell lstmp`` (the resolved value is what config.json keeps); ``None`` otherwise."""
+    if cell not in PROJECTED:
+        if proj_size is not None:
+            raise CLIError(f"--proj-size is for --cell {' / '.join(PROJECTED)} only, got --proj-size {proj_size} "
+                           f"with --cell {cell}")
+        return None
+    if proj_size is None:
+        if hidden < 2:
+            raise CLIError(f"--cell {cell} projects to --proj-size = --hidden // 2 by default, so --hidden must be "
+                           f"at least 2, got {hidden}")
+        return hidden // 2
+    proj_size = _positive("proj_size", proj_size)
+    if proj_size >= hidden:
+        raise CLIError(f"--proj-size must be in [1, --hidden) = [1, {hidden}) (the projection makes the state "
+                       f"smaller), got {proj_size}")
+    return proj_size
 
 
 def _load_corpus(cfg: dict, path_override: str | None = None):
@@ -248,7 +276,7 @@ def _model(cfg: dict, vocab_size: int):
     from jaxrnn import lm
 
     args = (vocab_size, cfg["cell"], cfg["hidden"], cfg["embed"], cfg["layers"], float(cfg["dropout"]),
-            bool(cfg["tie"]), cfg.get("remat"))
+            bool(cfg["tie"]), cfg.get("remat"), cfg.get("proj_size"))
     return _cached(("model",) + args, lambda: lm.language_model(*args))
 
 
@@ -407,6 +435,12 @@ def _restore_run(path: str, cfg: dict, model, tx, batches=None):
 # --------------------------------------------------------------------------- train
 
 
+def _cell_title(cfg: dict) -> str:
+    """``LSTM 256``, or ``LSTMP 256 -> 128`` for a projected LSTM."""
+    proj = f" -> {cfg['proj_size']}" if cfg.get("proj_size") else ""
+    return f"{cfg['cell'].upper()} {cfg['hidden']}{proj}"
+
+
 def _plot_curves(path: str, history: dict, level: str, title: str) -> None:
     """``jr.train.plot_history`` in bits per character, or in nats with perplexity on a
     second axis for word-level runs."""
@@ -526,7 +560,7 @@ def _train(args: argparse.Namespace) -> int:
     os.makedirs(out, exist_ok=True)
     _write_json(cfg_path, {k: cfg[k] for k in TRAIN_DEFAULTS})
     n_params = sum(int(np.prod(a.shape)) for a in jax.tree_util.tree_leaves(state.params))
-    _say(f"model: {cfg['layers']} x {cfg['cell'].upper()} {cfg['hidden']}, embed {cfg['embed']}, vocabulary "
+    _say(f"model: {cfg['layers']} x {_cell_title(cfg)}, embed {cfg['embed']}, vocabulary "
          f"{vocab.size}, dropout {cfg['dropout']}, tie {cfg['tie']}"
          + (f", remat {cfg['remat']}" if cfg["remat"] is not None else "") + f": {n_params:,} parameters")
     _say(f"training: {total} steps of {B} x {T} tokens, {cfg['optimizer']} lr {cfg['lr']}, clip {cfg['clip']}, "
@@ -594,7 +628,7 @@ def _train(args: argparse.Namespace) -> int:
         "versions": _versions(),
     }
     _write_json(os.path.join(out, METRICS), metrics_out)
-    title = (f"{cfg['layers']}x{cfg['cell'].upper()} {cfg['hidden']}, {vocab.level} level, "
+    title = (f"{cfg['layers']}x{_cell_title(cfg)}, {vocab.level} level, "
              f"{steps_done} steps: val {'bpc %.3f' % metrics_out['val_bpc'] if vocab.level == 'char' else 'ppl %.1f' % metrics_out['val_perplexity']}")
     _plot_curves(os.path.join(out, CURVES), history, vocab.level, title)
     length = cfg["sample_length"] or (500 if vocab.level == "char" else 100)

@@ -5,8 +5,8 @@ PyTorch is imported lazily inside the functions, so ``import jaxrnn`` never impo
 Supported modules: ``nn.RNN`` (tanh and relu), ``nn.LSTM`` and ``nn.GRU`` with any
 ``num_layers``, ``bidirectional``, ``bias`` and ``batch_first`` (which affects only the
 input layout: pass ``time_major=not module.batch_first`` to :func:`jaxrnn.unroll`), and
-the single-step ``nn.RNNCell``, ``nn.LSTMCell``, ``nn.GRUCell``. LSTMs with
-``proj_size > 0`` are rejected.
+the single-step ``nn.RNNCell``, ``nn.LSTMCell``, ``nn.GRUCell``. An ``nn.LSTM`` with
+``proj_size=P > 0`` maps to ``jr.lstm(H, proj_size=P)`` (:mod:`jaxrnn.cells.projected`).
 
 Parameter mapping for one layer and direction (``G`` gate blocks of ``H`` rows, in
 PyTorch's gate order, which jaxrnn shares)::
@@ -16,6 +16,7 @@ PyTorch's gate order, which jaxrnn shares)::
     b   = bias_ih + bias_hh                 (G*H,)   RNN, LSTM
     b   = bias_ih + [bias_hh_r, bias_hh_z, 0]        GRU (the n block holds only b_in)
     b_hn = bias_hh_n                        (H,)     GRU only
+    w_hr = weight_hr.T                      (H, P)   LSTM with proj_size=P only (then w_h is (P, 4H))
 
 A module built with ``bias=False`` maps to zero biases. The params tree has the shape
 :func:`jaxrnn.unroll` expects of :func:`cell_for`'s module:
@@ -62,13 +63,19 @@ class _Spec(NamedTuple):
     bias: bool
     dropout: float
     single_step: bool  # an nn.*Cell (one time step, no layer / direction suffixes)
+    proj_size: int = 0  # an nn.LSTM's projection (0: none)
+
+    @property
+    def out_size(self) -> int:
+        """The size of ``h`` and of each direction's outputs."""
+        return self.proj_size or self.hidden_size
 
     @property
     def gates(self) -> int:
         return max(1, len(GATE_NAMES[self.kind]))
 
     def layer_input_size(self, layer: int) -> int:
-        return self.input_size if layer == 0 else self.hidden_size * self.num_directions
+        return self.input_size if layer == 0 else self.out_size * self.num_directions
 
     def names(self, layer: int, direction: int) -> tuple[str, str, str, str]:
         """PyTorch's (weight_ih, weight_hh, bias_ih, bias_hh) attribute names."""
@@ -91,14 +98,10 @@ def _spec(module: Any) -> _Spec:
         modes = {"RNN_TANH": "rnn", "RNN_RELU": "rnn_relu", "LSTM": "lstm", "GRU": "gru"}
         if module.mode not in modes:
             raise ValueError(f"module has unsupported mode {module.mode!r}; expected one of {sorted(modes)}")
-        if getattr(module, "proj_size", 0):
-            raise ValueError(
-                f"module is an nn.LSTM with proj_size={module.proj_size}; jaxrnn's LSTM has no "
-                "projection, so only proj_size=0 is supported"
-            )
         return _Spec(
             modes[module.mode], int(module.input_size), int(module.hidden_size), int(module.num_layers),
             2 if module.bidirectional else 1, bool(module.bias), float(module.dropout), False,
+            int(getattr(module, "proj_size", 0) or 0),
         )
     if isinstance(module, (nn.RNNCell, nn.LSTMCell, nn.GRUCell)):
         if isinstance(module, nn.LSTMCell):
@@ -154,7 +157,7 @@ def cell_for(module: Any) -> Cell | Stack | Bidirectional:
 def _module_for(spec: _Spec):
     def make_cell() -> Cell:
         if spec.kind == "lstm":
-            return lstm(spec.hidden_size, forget_bias=0.0)
+            return lstm(spec.hidden_size, forget_bias=0.0, proj_size=spec.proj_size or None)
         if spec.kind == "gru":
             return gru(spec.hidden_size)
         return rnn(spec.hidden_size, activation="tanh" if spec.kind == "rnn" else "relu")
@@ -167,6 +170,11 @@ def _module_for(spec: _Spec):
 
 
 # --------------------------------------------------------------------------- params
+
+
+def _hr_name(spec: _Spec, layer: int, direction: int) -> str:
+    """PyTorch's name of the projection ``weight_hr`` of a layer and direction."""
+    return f"weight_hr_l{layer}" + ("_reverse" if direction else "")
 
 
 def _direction_from_torch(module: Any, spec: _Spec, layer: int, direction: int) -> dict:
@@ -186,6 +194,8 @@ def _direction_from_torch(module: Any, spec: _Spec, layer: int, direction: int) 
     else:
         b = b_ih + b_hh
         extra = {}
+    if spec.proj_size:
+        extra["w_hr"] = _np64(getattr(module, _hr_name(spec, layer, direction))).T
     out = {"w_x": w_x, "w_h": w_h, "b": b, **extra}
     return {k: jnp.asarray(v, dtype=dtype) for k, v in out.items()}
 
@@ -198,14 +208,14 @@ def from_torch(module: Any):
 
     Returns:
       A params tree for :func:`cell_for`'s module, as ``jnp`` arrays in the module's
-      dtype (float64 needs ``jax_enable_x64``, else JAX stores float32): the cell's ``{"w_x", "w_h", "b"[, "b_hn"]}`` dict for one layer and one
-      direction, ``{"forward": ..., "backward": ...}`` for a bidirectional layer, a list
+      dtype (float64 needs ``jax_enable_x64``, else JAX stores float32): the cell's
+      ``{"w_x", "w_h", "b"[, "b_hn" | "w_hr"]}`` dict for one layer and one direction, ``{"forward": ..., "backward": ...}`` for a bidirectional layer, a list
       of those (one per layer) for several layers. See the module docstring for the
       mapping of each tensor.
 
     Raises:
       TypeError: ``module`` is not one of the supported PyTorch modules.
-      ValueError: an unsupported option (``proj_size > 0``).
+      ValueError: an unsupported mode.
     """
     spec = _spec(module)
     layers = []
@@ -243,9 +253,11 @@ def _split_params(params: Any, spec: _Spec) -> list[list[tuple[str, Any]]]:
 
 def _check_cell_params(path: str, p: Any, spec: _Spec, input_size: int) -> None:
     g, h = spec.gates, spec.hidden_size
-    want = {"w_x": (input_size, g * h), "w_h": (h, g * h), "b": (g * h,)}
+    want = {"w_x": (input_size, g * h), "w_h": (spec.out_size, g * h), "b": (g * h,)}
     if spec.kind == "gru":
         want["b_hn"] = (h,)
+    if spec.proj_size:
+        want["w_hr"] = (h, spec.proj_size)
     if not isinstance(p, dict) or set(p) != set(want):
         got = sorted(p) if isinstance(p, dict) else type(p).__name__
         raise TypeError(f"{path} must be a dict with keys {sorted(want)} for the module's {spec.kind} cells, got {got}")
@@ -254,7 +266,9 @@ def _check_cell_params(path: str, p: Any, spec: _Spec, input_size: int) -> None:
         if given != shape:
             raise ValueError(
                 f"{path}['{k}'] must have shape {shape_str(shape)} to fit the module "
-                f"(input_size={input_size}, hidden_size={h}, {g} gate block(s)), got {shape_str(given)}"
+                f"(input_size={input_size}, hidden_size={h}, "
+                + (f"proj_size={spec.proj_size}, " if spec.proj_size else "")
+                + f"{g} gate block(s)), got {shape_str(given)}"
             )
 
 
@@ -296,6 +310,8 @@ def to_torch(params: Any, module: Any):
             if spec.kind == "gru":
                 b_hh[2 * h :] = arr["b_hn"]
             updates += [(n_ih, arr["w_x"].T), (n_hh, arr["w_h"].T)]
+            if spec.proj_size:
+                updates.append((_hr_name(spec, layer, direction), arr["w_hr"].T))
             if spec.bias:
                 updates += [(n_bih, b_ih), (n_bhh, b_hh)]
             elif np.any(b_ih) or np.any(b_hh):
@@ -320,8 +336,9 @@ def carry_from_torch(module: Any, hx: Any):
       module: the PyTorch module ``hx`` belongs to.
       hx: what the module takes as ``hx`` and returns as its final state: ``h`` for
         RNN / GRU, ``(h, c)`` for LSTM; each of shape ``(num_layers * num_directions,
-        batch, H)`` (``(num_layers * num_directions, H)`` unbatched). For an ``nn.*Cell``:
-        ``(batch, H)`` or ``(H,)``.
+        batch, H)`` (``(num_layers * num_directions, H)`` unbatched); with
+        ``proj_size=P`` the ``h`` part has ``P`` features instead of ``H``. For an
+        ``nn.*Cell``: ``(batch, H)`` or ``(H,)``.
 
     Returns:
       The carry :func:`cell_for`'s module uses: a cell carry (``h``, or ``(h, c)`` for an
@@ -338,10 +355,10 @@ def carry_from_torch(module: Any, hx: Any):
     if spec.single_step:
         return tuple(arrays) if spec.kind == "lstm" else arrays[0]
     n = spec.num_layers * spec.num_directions
-    for name, a in zip(("h", "c"), arrays):
-        if a.ndim not in (2, 3) or a.shape[0] != n or a.shape[-1] != spec.hidden_size:
+    for name, a, size in zip(("h", "c"), arrays, (spec.out_size, spec.hidden_size)):
+        if a.ndim not in (2, 3) or a.shape[0] != n or a.shape[-1] != size:
             raise ValueError(
-                f"hx {name} must have shape ({n}, batch, {spec.hidden_size}) or ({n}, {spec.hidden_size}) "
+                f"hx {name} must have shape ({n}, batch, {size}) or ({n}, {size}) "
                 f"(num_layers * num_directions, ...), got {shape_str(a.shape)}"
             )
 

@@ -3,7 +3,8 @@
 Architecture (every step a pure function; ``p`` is the dropout rate)::
 
     e_t      = dropout(E[w_t], p)                    # embedding, (B, T, embed)
-    y_t      = stack(cells, dropout=p)(e_t)          # lstm / gru / rnn layers, (B, T, hidden)
+    y_t      = stack(cells, dropout=p)(e_t)          # recurrent layers, (B, T, out); out = hidden
+                                                     # (proj_size for the projected LSTM "lstmp")
     logits_t = dropout(y_t, p) W + b                 # (B, T, V); W = E^T with weight tying
     loss     = mean_t,b  -log softmax(logits_t)[w_{t+1}]
 
@@ -16,7 +17,7 @@ Parameters are a dict::
 
     {"embed": {"table": (V, embed)},
      "rnn":   [layer_0, ..., layer_{L-1}],          # jaxrnn cell params (w_x, w_h, b, ...)
-     "out":   {"w": (hidden, V), "b": (V,)}}        # tied: {"b": (V,)} only
+     "out":   {"w": (out, V), "b": (V,)}}           # tied: {"b": (V,)} only
 
 Training with :mod:`jaxrnn.tbptt` uses :func:`loss_fn`, whose carry is the pair
 ``(rnn_carry, key_data)``: the recurrent state and the raw data of a PRNG key. Each
@@ -66,7 +67,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxrnn._checks import as_key, check_integer, shape_str
-from jaxrnn.cells import BUILTIN, check_cell, from_name
+from jaxrnn.cells import BUILTIN, PROJECTED, check_cell, from_name
 from jaxrnn.layers import dropout as _dropout
 from jaxrnn.layers import affine_cross_entropy, embedding, softmax_cross_entropy
 from jaxrnn.unroll import Stack, check_remat, reduce_blocks, stack, unroll
@@ -98,8 +99,9 @@ class LanguageModel(NamedTuple):
         are integer ids ``(B, T)``, ``logits`` ``(B, T, V)``. ``key`` turns dropout on.
       step: ``step(params, carry, token_t) -> (carry, logits_t)``: one token ``(B,)`` to
         logits ``(B, V)`` (no dropout), for generation.
-      vocab_size, cell, hidden, embed, layers, dropout, tie: the hyper-parameters;
-        ``cell`` is the name of a built-in cell or the cell object that was passed.
+      vocab_size, cell, hidden, embed, layers, dropout, tie, proj_size: the
+        hyper-parameters; ``cell`` is the name of a built-in cell or the cell object that
+        was passed; ``proj_size`` is ``None`` except for the ``"lstmp"`` cell.
       net: the recurrent :class:`~jaxrnn.unroll.Stack`.
       nll_sum: ``nll_sum(params, carry, x, y, key=None, remat=remat) -> (carry, total)``:
         the summed next-token NLL of a segment (``x``, ``y`` ids ``(B, T)``), computed
@@ -121,14 +123,18 @@ class LanguageModel(NamedTuple):
     dropout: float
     tie: bool
     net: Stack
+    proj_size: int | None = None
     nll_sum: Callable | None = None
     remat: Any = None
 
     def config(self) -> dict:
         """The hyper-parameters as a dict; ``language_model(**config)`` rebuilds the model.
-        JSON-able when the cell was given by name."""
-        return {"vocab_size": self.vocab_size, "cell": self.cell, "hidden": self.hidden, "embed": self.embed,
-                "layers": self.layers, "dropout": self.dropout, "tie": self.tie, "remat": self.remat}
+        JSON-able when the cell was given by name. ``proj_size`` is there only when set."""
+        out = {"vocab_size": self.vocab_size, "cell": self.cell, "hidden": self.hidden, "embed": self.embed,
+               "layers": self.layers, "dropout": self.dropout, "tie": self.tie, "remat": self.remat}
+        if self.proj_size is not None:
+            out["proj_size"] = self.proj_size
+        return out
 
 
 def _positive_int(name: str, v: Any) -> int:
@@ -139,43 +145,56 @@ def _positive_int(name: str, v: Any) -> int:
 
 def language_model(
     vocab_size: int, cell: Any = "lstm", hidden: int | None = None, embed: int = 64, layers: int = 1,
-    dropout: float = 0.0, tie: bool = False, remat: Any = None,
+    dropout: float = 0.0, tie: bool = False, remat: Any = None, proj_size: int | None = None,
 ) -> LanguageModel:
     """Build an RNN language model.
 
     Args:
       vocab_size: ``V``, the number of tokens.
-      cell: ``"lstm"``, ``"gru"``, ``"rnn"`` (tanh) or ``"rnn_relu"`` (the names in
-        :data:`CELLS`), or a cell object: a built-in one or one of your own (any object
-        with ``init``, ``initial_carry``, ``apply`` and ``hidden_size``, see
-        :class:`jaxrnn.Cell`). Every layer is that cell, with its own parameters.
-      hidden: output size of every recurrent layer: default 256 for a named cell; for a
-        cell object it is ``cell.hidden_size`` (passing another value is an error).
+      cell: a name in :data:`CELLS` (``"lstm"``, ``"gru"``, ``"rnn"`` (tanh),
+        ``"rnn_relu"``, ``"lstmp"`` (LSTM with projections), ``"lnlstm"``, ``"lngru"``
+        (layer-normalised), ``"mgu"``, ``"indrnn"``; see :data:`jaxrnn.cells.BUILTIN`),
+        or a cell object: a built-in one or one of your own (any object with ``init``,
+        ``initial_carry``, ``apply`` and ``hidden_size``, see :class:`jaxrnn.Cell`).
+        Every layer is that cell, with its own parameters.
+      hidden: the size of every recurrent layer: default 256 for a named cell (for
+        ``"lstmp"`` the size of the cell state ``c``; the layer outputs ``proj_size``
+        features); for a cell object it is ``cell.hidden_size`` (passing another value
+        is an error).
       embed: embedding size.
       layers: number of stacked recurrent layers.
       dropout: rate in ``[0, 1)`` on the embeddings, between layers and before the
         output layer (training only).
-      tie: reuse the embedding table as output weights; needs ``hidden == embed``.
+      tie: reuse the embedding table as output weights; needs the layers' output size
+        (``hidden``, or ``proj_size``) to equal ``embed``.
       remat: what the backward pass of :func:`loss` keeps. ``None``: everything (the
         ``(B, T, V)`` logits and their gradient, every step's outputs). ``"step"``: the
         carry of every step. An int ``k``: the carry every ``k`` steps, and one block of
         ``k`` steps at a time (its logits a few positions at a time). ``"sqrt"``: ``k`` near
         ``sqrt(T)``, memory growing like ``sqrt(T)``. See the module docstring.
+      proj_size: for ``cell="lstmp"`` only: ``P`` in ``[1, hidden)``, the size of
+        ``h`` and of each layer's outputs (default ``hidden // 2``).
 
     Returns:
       A :class:`LanguageModel`.
 
     Initialisation: the cells' own scheme (see :mod:`jaxrnn.cells`; LSTM forget bias
     1); embedding ``N(0, 1)`` (tied: ``N(0, 1/embed)``, so the tied logits have the same
-    scale as the untied ones); output weights ``N(0, 1/hidden)``, biases 0.
+    scale as the untied ones); output weights ``N(0, 1/out)`` (``out`` the layers' output
+    size), biases 0.
     """
     vocab_size = _positive_int("vocab_size", vocab_size)
     if isinstance(cell, str):
         if cell not in CELLS:
             raise ValueError(f"cell must be one of {CELLS} or a cell object, got {cell!r}")
         hidden = 256 if hidden is None else _positive_int("hidden", hidden)
-        layer = from_name(cell, hidden)
+        layer = from_name(cell, hidden, proj_size)
+        if cell in PROJECTED:
+            proj_size = int(layer.hidden_size)
     else:
+        if proj_size is not None:
+            raise ValueError(f"proj_size is for a cell given by name ('lstmp'); with a cell object, build the "
+                             f"projection into it (jr.lstm(H, proj_size=P)); got proj_size={proj_size!r}")
         layer = check_cell(cell, "cell")
         if hidden is not None and _positive_int("hidden", hidden) != int(layer.hidden_size):
             raise ValueError(
@@ -190,10 +209,12 @@ def language_model(
     dropout = float(dropout)
     tie = bool(tie)
     remat = check_remat(remat)
-    if tie and hidden != embed:
+    out_size = int(layer.hidden_size)  # what the output layer reads (proj_size for "lstmp")
+    if tie and out_size != embed:
+        what = "hidden" if out_size == hidden else "proj_size"
         raise ValueError(
-            f"tie=True reuses the embedding table (vocab_size, embed) as the output weights, so hidden "
-            f"must equal embed; got hidden={hidden}, embed={embed}"
+            f"tie=True reuses the embedding table (vocab_size, embed) as the output weights, so {what} "
+            f"must equal embed; got {what}={out_size}, embed={embed}"
         )
     net = stack([layer] * layers, dropout=dropout)
     emb = embedding(vocab_size, embed, scale=(1.0 / math.sqrt(embed)) if tie else 1.0)
@@ -206,7 +227,7 @@ def language_model(
         if tie:
             params["out"] = {"b": jnp.zeros((vocab_size,), dtype)}
         else:
-            w = jax.random.normal(k_o, (hidden, vocab_size), jnp.float32) / math.sqrt(hidden)
+            w = jax.random.normal(k_o, (out_size, vocab_size), jnp.float32) / math.sqrt(out_size)
             params["out"] = {"w": w.astype(dtype), "b": jnp.zeros((vocab_size,), dtype)}
         return params
 
@@ -223,9 +244,9 @@ def language_model(
             raise TypeError(
                 f"params['out'] must have keys {sorted(want)} for a model with tie={tie}, got {got}"
             )
-        if not tie and params["out"]["w"].shape != (hidden, vocab_size):
+        if not tie and params["out"]["w"].shape != (out_size, vocab_size):
             raise ValueError(
-                f"params['out']['w'] must have shape {shape_str((hidden, vocab_size))}, "
+                f"params['out']['w'] must have shape {shape_str((out_size, vocab_size))}, "
                 f"got {shape_str(params['out']['w'].shape)}"
             )
 
@@ -284,7 +305,7 @@ def language_model(
         return carry, _logits(params, y)
 
     return LanguageModel(init, initial_carry, apply, step, vocab_size, cell, hidden, embed, layers,
-                         dropout, tie, net, nll_sum, remat)
+                         dropout, tie, net, proj_size, nll_sum, remat)
 
 
 # --------------------------------------------------------------------------- training

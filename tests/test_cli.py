@@ -251,6 +251,10 @@ def test_huge_perplexities_print_in_a_few_digits():
         (["--seed", "-3"], "--seed must be an int >= 0, got -3"),
         (["--remat", "half"], "--remat must be none, step, sqrt or a positive int block length, got 'half'"),
         (["--remat", "0"], "--remat must be none, step, sqrt or a positive int block length, got '0'"),
+        (["--cell", "lstmp", "--proj-size", "16"], "--proj-size must be in [1, --hidden) = [1, 16) (the projection "
+                                                   "makes the state smaller), got 16"),
+        (["--cell", "lstmp", "--proj-size", "0"], "--proj-size must be a positive int, got 0"),
+        (["--cell", "mgu", "--proj-size", "4"], "--proj-size is for --cell lstmp only, got --proj-size 4 with --cell mgu"),
         (["--seq-len", "1000"], "--batch-size 4 x --seq-len 1000 = 4000 tokens do not fit in the training split of "
                                 "2298 tokens"),
     ],
@@ -365,3 +369,26 @@ def test_cell_choices_are_the_builtin_cells():
     action = next(a for a in cli.build_parser()._subparsers._group_actions[0].choices["train"]._actions
                   if "--cell" in a.option_strings)
     assert tuple(action.choices) == cli.CELLS
+
+
+def test_every_cell_name_parses():
+    parser = cli.build_parser()
+    for name in cli.CELLS:
+        assert parser.parse_args(["train", "--cell", name]).cell == name
+    assert parser.parse_args(["train", "--cell", "lstmp", "--proj-size", "3"]).proj_size == 3
+
+
+def test_projected_lstm_trains_saves_its_proj_size_and_resumes(corpus_file, tmp_path, capsys):
+    run = str(tmp_path / "run")
+    assert _train("--corpus", corpus_file, "--cell", "lstmp", "--proj-size", "4", "--steps", "2", "--out", run) == 0
+    with open(os.path.join(run, cli.CONFIG)) as f:
+        saved = json.load(f)
+    assert saved["cell"] == "lstmp" and saved["proj_size"] == 4
+    assert "1 x LSTMP 16 -> 4" in capsys.readouterr().out
+    arrays, _ = _ckpt(run)
+    assert arrays[".params['out']['w']"].shape[0] == 4 and arrays[".params['rnn'][0]['w_hr']"].shape == (16, 4)
+    assert _train("--out", run, "--resume", "--proj-size", "5") == 2
+    assert "--proj-size 5 (saved 4)" in capsys.readouterr().err
+    assert _train("--out", run, "--resume", "--steps", "3") == 0
+    assert int(_ckpt(run)[0][".step"]) == 3
+    assert cli.main(["eval", "--run", run]) == 0

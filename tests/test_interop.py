@@ -21,11 +21,15 @@ from jaxrnn import interop
 torch = pytest.importorskip("torch")
 
 KINDS = ("rnn", "rnn_relu", "lstm", "gru")
+#: "lstmp": nn.LSTM(proj_size=PROJ), jr.lstm(H, proj_size=PROJ)
+PROJ = 3
 RTOL = 2e-5
 
 
 def make_module(kind, input_size, hidden_size, seed=0, **kw):
     torch.manual_seed(seed)
+    if kind == "lstmp":
+        return torch.nn.LSTM(input_size, hidden_size, proj_size=PROJ, **kw)
     if kind.startswith("rnn"):
         return torch.nn.RNN(input_size, hidden_size, nonlinearity=("relu" if kind == "rnn_relu" else "tanh"), **kw)
     return {"lstm": torch.nn.LSTM, "gru": torch.nn.GRU}[kind](input_size, hidden_size, **kw)
@@ -58,6 +62,8 @@ def jax_grads_from_torch(module, kind, num_layers, bidirectional):
             p = {"w_x": g["weight_ih"].T, "w_h": g["weight_hh"].T, "b": g["bias_ih"]}
             if kind == "gru":
                 p["b_hn"] = g["bias_hh"][2 * h :]
+            if kind == "lstmp":
+                p["w_hr"] = t2n(getattr(module, "weight_hr" + sfx).grad).T
             dirs.append(p)
         layers.append(dirs[0] if len(dirs) == 1 else {"forward": dirs[0], "backward": dirs[1]})
     return layers[0] if num_layers == 1 else layers
@@ -72,22 +78,24 @@ CONFIGS = {
 }
 
 
-@pytest.mark.parametrize("config", list(CONFIGS))
-@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize(("kind", "config"), [(k, c) for k in KINDS for c in CONFIGS]
+                         # the projected LSTM: one layer, and two bidirectional layers (whose second reads 2P)
+                         + [("lstmp", "packed"), ("lstmp", "deep_bi_packed")])
 def test_parity_outputs_carries_and_all_gradients(kind, config):
     num_layers, bi, packed, batch_first = CONFIGS[config]
     B, T, F, H = 3, 6, 4, 5
+    P = PROJ if kind == "lstmp" else H  # the size of h and of the outputs
     D = 2 if bi else 1
     n = num_layers * D
     m = make_module(kind, F, H, num_layers=num_layers, bidirectional=bi, batch_first=batch_first)
     rng = np.random.default_rng(1)
     x_shape = (B, T, F) if batch_first else (T, B, F)
-    y_shape = (B, T, D * H) if batch_first else (T, B, D * H)
+    y_shape = (B, T, D * P) if batch_first else (T, B, D * P)
     xs = rng.normal(size=x_shape).astype(np.float32)
-    h0 = (0.5 * rng.normal(size=(n, B, H))).astype(np.float32)
+    h0 = (0.5 * rng.normal(size=(n, B, P))).astype(np.float32)
     c0 = (0.5 * rng.normal(size=(n, B, H))).astype(np.float32)
     r_y = rng.normal(size=y_shape).astype(np.float32)
-    r_h = rng.normal(size=(n, B, H)).astype(np.float32)
+    r_h = rng.normal(size=(n, B, P)).astype(np.float32)
     r_c = rng.normal(size=(n, B, H)).astype(np.float32)
     lengths = np.array([6, 2, 4]) if packed else None
 
@@ -95,7 +103,7 @@ def test_parity_outputs_carries_and_all_gradients(kind, config):
     x_t = torch.tensor(xs, requires_grad=True)
     h0_t = torch.tensor(h0, requires_grad=True)
     c0_t = torch.tensor(c0, requires_grad=True)
-    hx = (h0_t, c0_t) if kind == "lstm" else h0_t
+    hx = (h0_t, c0_t) if kind in ("lstm", "lstmp") else h0_t
     if packed:
         packed_in = torch.nn.utils.rnn.pack_padded_sequence(
             x_t, torch.tensor(lengths), batch_first=batch_first, enforce_sorted=False
@@ -105,7 +113,7 @@ def test_parity_outputs_carries_and_all_gradients(kind, config):
     else:
         out_t, hn_t = m(x_t, hx)
     loss_t = (out_t * torch.tensor(r_y)).sum()
-    if kind == "lstm":
+    if kind in ("lstm", "lstmp"):
         loss_t = loss_t + (hn_t[0] * torch.tensor(r_h)).sum() + (hn_t[1] * torch.tensor(r_c)).sum()
     else:
         loss_t = loss_t + (hn_t * torch.tensor(r_h)).sum()
@@ -115,8 +123,8 @@ def test_parity_outputs_carries_and_all_gradients(kind, config):
     net = interop.cell_for(m)
     params = interop.from_torch(m)
     as_t = lambda a: torch.tensor(a)  # noqa: E731
-    carry0 = interop.carry_from_torch(m, (as_t(h0), as_t(c0)) if kind == "lstm" else as_t(h0))
-    weights = interop.carry_from_torch(m, (as_t(r_h), as_t(r_c)) if kind == "lstm" else as_t(r_h))
+    carry0 = interop.carry_from_torch(m, (as_t(h0), as_t(c0)) if kind in ("lstm", "lstmp") else as_t(h0))
+    weights = interop.carry_from_torch(m, (as_t(r_h), as_t(r_c)) if kind in ("lstm", "lstmp") else as_t(r_h))
     lengths_j = None if lengths is None else jnp.asarray(lengths, jnp.int32)
 
     def loss_fn(params, xs, carry0):
@@ -136,7 +144,7 @@ def test_parity_outputs_carries_and_all_gradients(kind, config):
         pad = (t_idx >= lengths[None, :]) if not batch_first else (t_idx >= lengths[:, None])
         assert np.all(np.asarray(ys)[pad] == 0)
     carry_t = interop.carry_to_torch(m, carry)
-    if kind == "lstm":
+    if kind in ("lstm", "lstmp"):
         assert rel_err(t2n(carry_t[0]), t2n(hn_t[0])) < RTOL
         assert rel_err(t2n(carry_t[1]), t2n(hn_t[1])) < RTOL
     else:
@@ -152,7 +160,7 @@ def test_parity_outputs_carries_and_all_gradients(kind, config):
         assert rel_err(g, e) < RTOL, jax.tree_util.keystr(path)
     assert rel_err(g_xs, t2n(x_t.grad)) < RTOL
     g_carry0_t = interop.carry_to_torch(m, g_carry0)
-    if kind == "lstm":
+    if kind in ("lstm", "lstmp"):
         assert rel_err(t2n(g_carry0_t[0]), t2n(h0_t.grad)) < RTOL
         assert rel_err(t2n(g_carry0_t[1]), t2n(c0_t.grad)) < RTOL
     else:
@@ -203,7 +211,7 @@ def test_from_torch_single_layer_shapes_and_dtypes():
     assert interop.cell_for(make_module("lstm", 3, 4, num_layers=3, dropout=0.25)).dropout == 0.25
 
 
-@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("kind", KINDS + ("lstmp",))
 def test_roundtrip_to_torch_then_outputs_match(kind):
     """Random jaxrnn params (every bias nonzero, GRU b_hn included) copied into a torch
     module: reading them back is exact and the module computes what jr.unroll computes."""
@@ -215,6 +223,8 @@ def test_roundtrip_to_torch_then_outputs_match(kind):
         jax.eval_shape(lambda: net.init(jax.random.key(0), 3)),
     )
     assert isinstance(params, list) and set(params[1]) == {"forward", "backward"}
+    if kind == "lstmp":  # layer 1 reads both directions' projected outputs
+        assert params[1]["forward"]["w_x"].shape == (2 * PROJ, 16) and params[1]["forward"]["w_hr"].shape == (4, PROJ)
     assert interop.to_torch(params, m) is m
     back = interop.from_torch(m)
     for a, b in zip(jax.tree.leaves(back), jax.tree.leaves(params)):
@@ -225,7 +235,7 @@ def test_roundtrip_to_torch_then_outputs_match(kind):
     carry, ys = jax.jit(lambda p, x: jr.unroll(net, p, x))(params, jnp.asarray(xs))
     assert rel_err(ys, t2n(out_t)) < RTOL
     hn = interop.carry_to_torch(m, carry)
-    for a, b in zip(hn if kind == "lstm" else [hn], hn_t if kind == "lstm" else [hn_t]):
+    for a, b in zip(hn if kind in ("lstm", "lstmp") else [hn], hn_t if kind in ("lstm", "lstmp") else [hn_t]):
         assert rel_err(t2n(a), t2n(b)) < RTOL
 
 
@@ -290,12 +300,28 @@ def test_carry_conversion_roundtrip():
         interop.carry_from_torch(m, (h[:2], c[:2]))
 
 
-def test_rejects_proj_size():
-    m = torch.nn.LSTM(3, 4, proj_size=2)
-    with pytest.raises(ValueError, match=r"proj_size=2.*only proj_size=0 is supported"):
-        interop.from_torch(m)
-    with pytest.raises(ValueError, match="proj_size"):
-        interop.cell_for(m)
+def test_proj_size_layout_cell_and_carries():
+    m = make_module("lstmp", 3, 4, num_layers=2, bidirectional=True)
+    net = interop.cell_for(m)
+    cell = net.layers[0].forward
+    assert cell.kind == "lstmp" and not cell.fused and cell.hidden_size == PROJ and net.hidden_size == 2 * PROJ
+    p = interop.from_torch(m)[1]["backward"]
+    assert set(p) == {"w_x", "w_h", "b", "w_hr"}
+    np.testing.assert_array_equal(p["w_hr"], t2n(m.weight_hr_l1_reverse).T)
+    np.testing.assert_array_equal(p["w_h"], t2n(m.weight_hh_l1_reverse).T)
+    assert p["w_x"].shape == (2 * PROJ, 16) and p["w_h"].shape == (PROJ, 16)
+    h, c = torch.randn(4, 2, PROJ), torch.randn(4, 2, 4)
+    carry = interop.carry_from_torch(m, (h, c))
+    assert carry[1][1][0].shape == (2, PROJ) and carry[1][1][1].shape == (2, 4)
+    h2, c2 = interop.carry_to_torch(m, carry)
+    assert torch.equal(h2, h) and torch.equal(c2, c)
+    with pytest.raises(ValueError, match=rf"hx h must have shape \(4, batch, {PROJ}\).*got \(4, 2, 4\)"):
+        interop.carry_from_torch(m, (c, c))
+    bad = interop.from_torch(m)
+    bad[0]["forward"] = dict(bad[0]["forward"], w_hr=bad[0]["forward"]["w_hr"].T)
+    with pytest.raises(ValueError, match=rf"params\[0\]\['forward'\]\['w_hr'\] must have shape \(4, {PROJ}\) .*"
+                                         rf"proj_size={PROJ}.*got \({PROJ}, 4\)"):
+        interop.to_torch(bad, m)
 
 
 def test_rejects_other_modules():

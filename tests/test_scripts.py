@@ -24,6 +24,7 @@ BENCHMARKS = ROOT / "benchmarks"
 SCRIPTS = {
     "bptt_memory": ((), ("bptt_memory_quick.md", "bptt_memory_quick.json", "bptt_memory_quick.png",
                          "bptt_memory_lm_quick.md", "bptt_memory_lm_quick.json", "bptt_memory_lm_quick.png")),
+    "cells_compare": ((), ("cells_compare_quick.md", "cells_compare_quick.json", "cells_compare_quick.png")),
     "compile_time": ((), ("compile_time_quick.md", "compile_time_quick.json")),
     "gradient_flow": ((), ("gradient_flow_quick.md", "gradient_flow_quick.json", "gradient_flow_quick.png",
                            "gradient_flow_clipping_quick.png")),

@@ -35,6 +35,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxrnn._checks import as_key, check_array, check_floating, shape_str
+from jaxrnn.cells._layout import guess
 from jaxrnn.cells.protocol import Cell, _batch_shape, _check_hidden_size, _check_input_size
 
 Array = jax.Array
@@ -54,19 +55,14 @@ _KIND_GATES = {kind: max(1, len(names)) for kind, names in GATE_NAMES.items()}
 
 
 def is_builtin(cell: Any) -> bool:
-    """True for the cells made by ``jr.lstm``, ``jr.gru`` and ``jr.rnn`` (``fused=True``)."""
+    """True for the cells made by ``jr.lstm``, ``jr.gru`` and ``jr.rnn`` (``fused=True``;
+    not the projected ``jr.lstm(H, proj_size=P)``, whose ``kind`` is ``"lstmp"``)."""
     return isinstance(cell, Cell) and bool(cell.fused) and cell.kind in _KIND_GATES
 
 
 def _guess_kind(params: Params, hidden_size: int) -> str:
     """Name the cell type a params tree seems to come from (for error messages)."""
-    w_h = params.get("w_h") if isinstance(params, dict) else None
-    if w_h is None or not hasattr(w_h, "shape") or w_h.ndim != 2 or w_h.shape[0] == 0:
-        return "an unknown cell"
-    gates = w_h.shape[1] // w_h.shape[0]
-    if "b_hn" in params:
-        return "a GRU"
-    return {1: "a plain RNN", 4: "an LSTM", 3: "a GRU"}.get(gates, f"a {gates}-gate cell")
+    return guess(params)
 
 
 def check_params(params: Any, kind: str, hidden_size: int) -> int:
@@ -226,6 +222,28 @@ def _make_cell(kind: str, hidden_size: int, step, init) -> Cell:
                 step=checked_step, kind=kind, num_gates=_KIND_GATES[kind], fused=True)
 
 
+def lstm_gates(z: Array, c: Array, hidden_size: int) -> tuple[Array, Array]:
+    """The LSTM's gating from its pre-activations ``z = (..., 4H)``: ``(o, c')`` with
+    ``i, f, o = sigmoid(.)``, ``g = tanh(.)`` of the blocks and ``c' = f * c + i * g``
+    (shared by :func:`lstm` and the LSTM variants of the other modules)."""
+    hs = hidden_size
+    i = jax.nn.sigmoid(z[..., 0 * hs : 1 * hs])
+    f = jax.nn.sigmoid(z[..., 1 * hs : 2 * hs])
+    g = jnp.tanh(z[..., 2 * hs : 3 * hs])
+    o = jax.nn.sigmoid(z[..., 3 * hs : 4 * hs])
+    return o, f * c + i * g
+
+
+def gru_update(xp: Array, hp: Array, h: Array, b_hn: Array, hidden_size: int) -> Array:
+    """The GRU's new state from its input part ``xp`` and recurrent part ``hp`` (both
+    ``(..., 3H)``, blocks ``r, z, n``): ``(1 - z) * n + z * h`` (see :func:`gru`)."""
+    hs = hidden_size
+    r = jax.nn.sigmoid(xp[..., 0:hs] + hp[..., 0:hs])
+    z = jax.nn.sigmoid(xp[..., hs : 2 * hs] + hp[..., hs : 2 * hs])
+    n = jnp.tanh(xp[..., 2 * hs :] + r * (hp[..., 2 * hs :] + b_hn))
+    return (1.0 - z) * n + z * h
+
+
 def rnn(hidden_size: int, activation: str = "tanh") -> Cell:
     r"""Elman RNN cell (PyTorch ``nn.RNN``).
 
@@ -263,7 +281,7 @@ def rnn(hidden_size: int, activation: str = "tanh") -> Cell:
     return _make_cell(kind, hidden_size, step, _make_init(kind, hidden_size))
 
 
-def lstm(hidden_size: int, forget_bias: float = 1.0) -> Cell:
+def lstm(hidden_size: int, forget_bias: float = 1.0, proj_size: int | None = None) -> Cell:
     r"""Long short-term memory cell (PyTorch ``nn.LSTM``), gates in order ``i, f, g, o``.
 
     Equations (row vectors, as in the code)::
@@ -280,6 +298,10 @@ def lstm(hidden_size: int, forget_bias: float = 1.0) -> Cell:
       hidden_size: ``H``.
       forget_bias: initial value of the forget-gate block of ``b`` (default 1.0; use 0.0
         to match PyTorch's zero-mean bias initialisation).
+      proj_size: ``None`` (default) for the plain LSTM above; an int ``P`` in ``[1, H)``
+        for PyTorch's LSTM with projections, ``h' = (o * tanh(c')) W_hr`` of size ``P``
+        (see :func:`jaxrnn.cells.projected.projected_lstm`, which builds it: a cell
+        without the hand-written derivative, ``kind="lstmp"``).
 
     Returns:
       A :class:`Cell` with ``G = 4``; its carry is the pair ``(h, c)``.
@@ -294,16 +316,15 @@ def lstm(hidden_size: int, forget_bias: float = 1.0) -> Cell:
       ((2, 8), (2, 8))
     """
     hidden_size = _check_hidden_size(hidden_size)
+    if proj_size is not None:
+        from jaxrnn.cells.projected import projected_lstm  # it builds on this module's checks
+
+        return projected_lstm(hidden_size, proj_size, forget_bias)
     h_size = hidden_size
 
     def step(params: Params, carry, xp: Array):
         h, c = carry
-        z = xp + h @ params["w_h"]
-        i = jax.nn.sigmoid(z[..., 0 * h_size : 1 * h_size])
-        f = jax.nn.sigmoid(z[..., 1 * h_size : 2 * h_size])
-        g = jnp.tanh(z[..., 2 * h_size : 3 * h_size])
-        o = jax.nn.sigmoid(z[..., 3 * h_size : 4 * h_size])
-        c_new = f * c + i * g
+        o, c_new = lstm_gates(xp + h @ params["w_h"], c, h_size)
         h_new = o * jnp.tanh(c_new)
         return (h_new, c_new), h_new
 
@@ -341,11 +362,7 @@ def gru(hidden_size: int) -> Cell:
     hs = hidden_size
 
     def step(params: Params, h: Array, xp: Array):
-        hp = h @ params["w_h"]
-        r = jax.nn.sigmoid(xp[..., 0:hs] + hp[..., 0:hs])
-        z = jax.nn.sigmoid(xp[..., hs : 2 * hs] + hp[..., hs : 2 * hs])
-        n = jnp.tanh(xp[..., 2 * hs :] + r * (hp[..., 2 * hs :] + params["b_hn"]))
-        h_new = (1.0 - z) * n + z * h
+        h_new = gru_update(xp, h @ params["w_h"], h, params["b_hn"], hs)
         return h_new, h_new
 
     return _make_cell("gru", hidden_size, step, _make_init("gru", hidden_size))
