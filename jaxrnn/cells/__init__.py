@@ -13,6 +13,9 @@ The package has one module per idea:
   of a cell of your own;
 * :mod:`jaxrnn.cells.classic`: :func:`rnn`, :func:`lstm` and :func:`gru`, PyTorch's
   equations and weight layout, with a hand-written derivative (:mod:`jaxrnn.fused`);
+* :mod:`jaxrnn.cells.minimal`: :func:`mingru` and :func:`minlstm` (Feng et al. 2024),
+  whose recurrence is linear in ``h`` (``Cell.linear``), so :func:`jaxrnn.unroll` can
+  run them with an associative scan;
 
 and :data:`BUILTIN` names every cell the language model and ``jaxrnn train --cell``
 can build.
@@ -23,10 +26,11 @@ from __future__ import annotations
 from typing import Callable
 
 from jaxrnn.cells.classic import ELMAN, GATE_NAMES, check_carry, check_params, gru, is_builtin, lstm, rnn
-from jaxrnn.cells.protocol import Cell, check_apply, check_cell, check_cell_carry, check_cell_params
+from jaxrnn.cells.minimal import mingru, minlstm
+from jaxrnn.cells.protocol import Cell, LogLinear, check_apply, check_cell, check_cell_carry, check_cell_params
 
 __all__ = [
-    "Cell", "rnn", "lstm", "gru", "BUILTIN", "GATE_NAMES", "ELMAN", "from_name", "is_builtin", "check_cell", "check_apply",
+    "Cell", "LogLinear", "rnn", "lstm", "gru", "mingru", "minlstm", "BUILTIN", "GATE_NAMES", "ELMAN", "from_name", "is_builtin", "check_cell", "check_apply",
     "check_cell_params", "check_cell_carry", "check_params", "check_carry",
 ]
 
@@ -38,6 +42,8 @@ BUILTIN: dict[str, Callable[[int], Cell]] = {
     "gru": gru,
     "rnn": lambda hidden_size: rnn(hidden_size, "tanh"),
     "rnn_relu": lambda hidden_size: rnn(hidden_size, "relu"),
+    "mingru": mingru,
+    "minlstm": minlstm,
 }
 
 
