@@ -174,6 +174,25 @@ def test_nan_padding_changes_no_gradient(kind, log_space):
     assert_trees_close(dirty, clean, rtol=0, atol=0)
 
 
+def test_remat_and_unbatched_inputs():
+    """remat (blocks with a padded tail; a checkpoint around the associative scan) and
+    one unbatched sequence give the same values and gradients."""
+    cell, params, xs, h0 = setup("mingru", False, 1, 7, 2, 3)
+    xs, h0 = xs[0], h0[0]
+
+    @fast_jit
+    def run(params, xs, h0):
+        def loss(p, scan, remat):
+            h, ys = jr.unroll(cell, p, xs, h0, lengths=jnp.array(5), scan=scan, remat=remat)
+            return jnp.sum(ys ** 2) + jnp.sum(h)
+        return [jax.value_and_grad(loss)(params, s, r)
+                for s, r in (("sequential", None), ("sequential", 3), ("associative", "step"))]
+
+    ref, *others = run(params, xs, h0)
+    for other in others:
+        assert_trees_close(other, ref, rtol=1e-12, atol=1e-12)
+
+
 def test_tbptt_sequential_equals_associative():
     """Two TBPTT segments (the carry crosses the cut): same losses, params and carry."""
     cell = jr.minlstm(4)

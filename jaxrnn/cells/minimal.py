@@ -43,7 +43,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxrnn._checks import as_key, check_array, check_floating, shape_str
-from jaxrnn.cells.classic import _guess_kind
+from jaxrnn.cells.classic import _check_x, _guess_kind
 from jaxrnn.cells.protocol import Cell, LogLinear, _batch_shape, _check_hidden_size, _check_input_size, linear_space
 
 Array = jax.Array
@@ -107,15 +107,6 @@ def _check_h(h: Any, kind: str, hidden_size: int) -> tuple[int, ...]:
     if h.ndim < 1 or h.shape[-1] != hidden_size:
         raise ValueError(f"carry must have shape (..., {hidden_size}) for hidden_size={hidden_size}, got {shape_str(h.shape)}")
     return tuple(h.shape[:-1])
-
-
-def _check_x(x: Any, input_size: int, name: str) -> None:
-    check_floating(name, x)
-    if x.ndim < 1 or x.shape[-1] != input_size:
-        raise ValueError(
-            f"{name} must have shape (..., {input_size}) to match params['w_x'] (input_size={input_size}), "
-            f"got {shape_str(x.shape)}"
-        )
 
 
 def _make_cell(kind: str, hidden_size: int, log_space: bool, coefficients) -> Cell:
