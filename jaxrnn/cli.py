@@ -2,7 +2,7 @@
 
 ::
 
-    jaxrnn train [--corpus PATH] [--level char|word] [--format text|ptb] [--cell lstm|gru|rnn|rnn_relu]
+    jaxrnn train [--corpus PATH] [--level char|word] [--format text|ptb] [--cell lstm|gru|rnn|rnn_relu|mingru|minlstm]
                  [--layers N] [--hidden H] [--embed E] [--dropout P] [--tie]
                  [--batch-size B] [--seq-len T] [--steps N | --epochs N]
                  [--optimizer adam|sgd] [--lr LR] [--clip C] [--seed S] [--eval-every N]
@@ -78,7 +78,7 @@ _FIXED_ON_RESUME = ("level", "format", "max_vocab", "cell", "layers", "hidden", 
 
 #: The names ``--cell`` takes: those of ``jaxrnn.cells.BUILTIN`` (written out here so that
 #: ``jaxrnn --help`` does not have to import JAX; a test keeps the two equal).
-CELLS = ("lstm", "gru", "rnn", "rnn_relu")
+CELLS = ("lstm", "gru", "rnn", "rnn_relu", "mingru", "minlstm")
 
 
 class CLIError(Exception):

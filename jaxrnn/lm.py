@@ -119,8 +119,9 @@ def language_model(
 
     Args:
       vocab_size: ``V``, the number of tokens.
-      cell: ``"lstm"``, ``"gru"``, ``"rnn"`` (tanh) or ``"rnn_relu"`` (the names in
-        :data:`CELLS`), or a cell object: a built-in one or one of your own (any object
+      cell: ``"lstm"``, ``"gru"``, ``"rnn"`` (tanh), ``"rnn_relu"``, ``"mingru"`` or
+        ``"minlstm"`` (the names in :data:`CELLS`; the last two run as
+        ``jr.unroll``'s ``scan="auto"`` decides), or a cell object: a built-in one or one of your own (any object
         with ``init``, ``initial_carry``, ``apply`` and ``hidden_size``, see
         :class:`jaxrnn.Cell`). Every layer is that cell, with its own parameters.
       hidden: output size of every recurrent layer: default 256 for a named cell; for a
