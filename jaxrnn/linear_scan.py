@@ -31,10 +31,10 @@ How :func:`jaxrnn.unroll` uses it (its ``scan=`` option):
 
 ``scan="auto"`` (:func:`auto_associative`) takes the sequential scan on a CPU and the
 associative scan on an accelerator (GPU, TPU). On a CPU the associative scan was slower
-at every measured size (T = 256 to 4096, forward + backward, both cells, both
-variants; ``benchmarks/results/parallel_scan.md``): it does about twice the
-arithmetic of the step loop, a CPU's few cores gain nothing from its shorter critical
-path, and XLA's CPU loop costs little per step. On an accelerator each of the T steps
+at every measured size, and slower to compile (T = 256 to 4096, forward + backward,
+both cells, both variants; ``benchmarks/results/parallel_scan.md``). It does about
+twice the arithmetic of the step loop, a CPU's few cores gain nothing from its shorter
+critical path, and XLA's CPU loop costs little per step. On an accelerator each of the T steps
 of a sequential scan is at least one kernel launch, which the associative scan's
 ``O(log T)`` rounds avoid; that is the method of Feng et al., not yet measured in this
 project (``benchmarks/parallel_scan.py`` runs there unchanged).
