@@ -80,10 +80,11 @@ class Cell(NamedTuple):
         sequence); ``None`` (the default) means no hoisting: ``apply`` runs per step.
       step: optional ``step(params, carry, xp_t) -> (carry, y_t)`` with
         ``apply(params, carry, x_t) == step(params, carry, project(params, x_t))``.
-      kind: the name of a built-in cell (``"lstm"``, ``"gru"``, ``"rnn"``,
-        ``"rnn_relu"``); ``None`` for cells of your own.
+      kind: the name of a built-in cell (a key of :data:`jaxrnn.cells.BUILTIN`:
+        ``"lstm"``, ``"gru"``, ``"rnn"``, ``"rnn_relu"``, ``"mingru"``, ``"minlstm"``);
+        ``None`` for cells of your own.
       num_gates: ``G`` for the built-in cells: the number of ``H``-wide blocks in
-        ``w_x``, ``w_h`` and ``b``; ``None`` otherwise.
+        ``w_x``, ``b`` and (where the cell has one) ``w_h``; ``None`` otherwise.
       fused: ``True`` only for the cells made by ``jr.lstm``, ``jr.gru`` and ``jr.rnn``:
         :func:`jaxrnn.unroll` then runs their hand-written derivative
         (:mod:`jaxrnn.fused`, whose table is keyed by ``kind``) instead of a
