@@ -101,16 +101,19 @@ def main(argv=None):
                 rows.append(measure(cfg, B, H, name, log_space, T))
     info_end = machine_info()
     md = header_markdown("minGRU / minLSTM: sequential vs associative scan", info, command_line())
-    md += (f"\nForward + backward (`jax.jit(jax.grad(sum(ys)))` w.r.t. params and inputs), float32, I=H; median of {cfg['rounds']} interleaved rounds. Ratio = associative / sequential "
+    md += (f"\nForward + backward (`jax.jit(jax.grad(sum(ys)))` w.r.t. params and inputs), float32, I=H; "
+           f"median of {cfg['rounds']} interleaved rounds. Ratio = associative / sequential "
            f"(median of per-round ratios; below 1: the associative scan is faster). Load average at the end: "
            f"{info_end['load_average_1_5_15']} (a shared machine).\n\n")
-    md += ("| B | H | cell | log_space | T | sequential ms | associative ms | ratio (min-max) "
-           "| compile s, sequential / associative |\n")
-    md += "|---|---|---|---|---|---|---|---|---|\n"
+    columns = ["B", "H", "cell", "log_space", "T", "sequential ms", "associative ms", "ratio (min-max)",
+               "compile s, sequential / associative"]
+    table = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     for r in rows:
-        md += (f"| {r['B']} | {r['H']} | {r['cell']} | {r['log_space']} | {r['T']} | {r['sequential_ms']:.1f} | {r['associative_ms']:.1f} "
-               f"| **{r['ratio_median']:.2f}** ({r['ratio_min']:.2f}-{r['ratio_max']:.2f}) "
-               f"| {r['compile_s']['sequential']:.1f} / {r['compile_s']['associative']:.1f} |\n")
+        cells = [r["B"], r["H"], r["cell"], r["log_space"], r["T"], f"{r['sequential_ms']:.1f}", f"{r['associative_ms']:.1f}",
+                 f"**{r['ratio_median']:.2f}** ({r['ratio_min']:.2f}-{r['ratio_max']:.2f})",
+                 f"{r['compile_s']['sequential']:.1f} / {r['compile_s']['associative']:.1f}"]
+        table.append("| " + " | ".join(str(c) for c in cells) + " |")
+    md += "\n".join(table) + "\n"
     name = "parallel_scan_quick" if args.quick else "parallel_scan"
     md_path, _ = write_results(name, md, {"machine": info, "load_average_at_end": info_end["load_average_1_5_15"],
                                           "command": command_line(), "config": cfg, "rows": rows}, args.out)
