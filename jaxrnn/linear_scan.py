@@ -8,7 +8,9 @@ same form::
     (a_1, b_1) then (a_2, b_2)  =  (a_1 * a_2, a_2 * b_1 + b_2)
 
 an associative operation, so ``jax.lax.associative_scan`` computes every ``h_t`` in
-``O(log T)`` dependent rounds (``O(T)`` work) instead of ``T`` dependent steps. With
+``O(log T)`` dependent rounds (``O(T)`` work) instead of ``T`` dependent steps. Those
+rounds are written out in the program, so unlike a step loop its compile time grows
+with ``T`` (logarithmically). With
 coefficients in log space (:class:`~jaxrnn.cells.LogLinear`) the same composition reads
 ``(log_a_1 + log_a_2, logaddexp(log_b_1 + log_a_2, log_b_2))``.
 

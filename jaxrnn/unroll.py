@@ -12,7 +12,10 @@ Three kinds of recurrent module can be unrolled:
   :class:`~jaxrnn.cells.Cell`). A built-in cell runs through its hand-written derivative
   (:mod:`jaxrnn.fused`); any other cell is a ``lax.scan`` of its ``apply`` (or of its
   ``step`` over the hoisted ``project`` when it has both), with the same ``lengths``,
-  ``reverse`` and ``remat`` options;
+  ``reverse`` and ``remat`` options. A cell whose recurrence is linear in ``h``
+  (``Cell.linear``: ``jr.mingru``, ``jr.minlstm``) runs ``h_t = a_t * h_{t-1} + b_t``
+  step by step or with ``jax.lax.associative_scan`` (the ``scan`` option,
+  :mod:`jaxrnn.linear_scan`);
 * a :class:`Stack` of layers (``jr.stack([...], dropout=p)``), optionally with dropout
   between layers driven by an explicit PRNG key;
 * a :class:`Bidirectional` layer (``jr.bidirectional(cell)``) whose output concatenates
@@ -494,7 +497,7 @@ def unroll(
     _linear.check_scan(scan)
     if backend == "cudnn" and scan == "associative":
         raise ValueError("scan='associative' runs on backend='xla' (cuDNN has no associative scan); got backend='cudnn'")
-    if backend != "xla" and scan != "associative":
+    if backend != "xla" and not (backend == "auto" and scan == "associative"):
         # The cuDNN path (jaxrnn/cudnn.py); imported here, since it imports this module.
         from jaxrnn import cudnn as _cudnn
 
