@@ -3,7 +3,7 @@
 ::
 
     jaxrnn train [--corpus PATH] [--level char|word] [--format text|ptb]
-                 [--cell lstm|gru|rnn|rnn_relu|lstmp|lnlstm|lngru|mgu|indrnn] [--proj-size P]
+                 [--cell lstm|gru|rnn|rnn_relu|lstmp|lnlstm|lngru|mgu|indrnn|mingru|minlstm] [--proj-size P]
                  [--layers N] [--hidden H] [--embed E] [--dropout P] [--tie] [--remat none|step|sqrt|K]
                  [--batch-size B] [--seq-len T] [--steps N | --epochs N]
                  [--optimizer adam|sgd] [--lr LR] [--clip C] [--seed S] [--eval-every N]
@@ -81,7 +81,7 @@ _FIXED_ON_RESUME = ("level", "format", "max_vocab", "cell", "proj_size", "layers
 
 #: The names ``--cell`` takes: those of ``jaxrnn.cells.BUILTIN`` (written out here so that
 #: ``jaxrnn --help`` does not have to import JAX; a test keeps the two equal).
-CELLS = ("lstm", "gru", "rnn", "rnn_relu", "lstmp", "lnlstm", "lngru", "mgu", "indrnn")
+CELLS = ("lstm", "gru", "rnn", "rnn_relu", "lstmp", "lnlstm", "lngru", "mgu", "indrnn", "mingru", "minlstm")
 #: The ``--cell`` names that take ``--proj-size`` (``jaxrnn.cells.PROJECTED``).
 PROJECTED = ("lstmp",)
 

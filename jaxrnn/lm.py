@@ -129,11 +129,13 @@ class LanguageModel(NamedTuple):
 
     def config(self) -> dict:
         """The hyper-parameters as a dict; ``language_model(**config)`` rebuilds the model.
-        JSON-able when the cell was given by name. ``proj_size`` is there only when set."""
+        JSON-able when the cell was given by name. ``proj_size`` and ``remat`` are there
+        only when set."""
         out = {"vocab_size": self.vocab_size, "cell": self.cell, "hidden": self.hidden, "embed": self.embed,
-               "layers": self.layers, "dropout": self.dropout, "tie": self.tie, "remat": self.remat}
-        if self.proj_size is not None:
-            out["proj_size"] = self.proj_size
+               "layers": self.layers, "dropout": self.dropout, "tie": self.tie}
+        for name in ("proj_size", "remat"):
+            if getattr(self, name) is not None:
+                out[name] = getattr(self, name)
         return out
 
 
@@ -153,10 +155,11 @@ def language_model(
       vocab_size: ``V``, the number of tokens.
       cell: a name in :data:`CELLS` (``"lstm"``, ``"gru"``, ``"rnn"`` (tanh),
         ``"rnn_relu"``, ``"lstmp"`` (LSTM with projections), ``"lnlstm"``, ``"lngru"``
-        (layer-normalised), ``"mgu"``, ``"indrnn"``; see :data:`jaxrnn.cells.BUILTIN`),
-        or a cell object: a built-in one or one of your own (any object with ``init``,
-        ``initial_carry``, ``apply`` and ``hidden_size``, see :class:`jaxrnn.Cell`).
-        Every layer is that cell, with its own parameters.
+        (layer-normalised), ``"mgu"``, ``"indrnn"``, ``"mingru"``, ``"minlstm"`` (the
+        last two run as ``jr.unroll``'s ``scan="auto"`` decides); see
+        :data:`jaxrnn.cells.BUILTIN`), or a cell object: a built-in one or one of your
+        own (any object with ``init``, ``initial_carry``, ``apply`` and ``hidden_size``,
+        see :class:`jaxrnn.Cell`). Every layer is that cell, with its own parameters.
       hidden: the size of every recurrent layer: default 256 for a named cell (for
         ``"lstmp"`` the size of the cell state ``c``; the layer outputs ``proj_size``
         features); for a cell object it is ``cell.hidden_size`` (passing another value

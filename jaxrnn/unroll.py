@@ -12,7 +12,10 @@ Three kinds of recurrent module can be unrolled:
   :class:`~jaxrnn.cells.Cell`). A built-in cell runs through its hand-written derivative
   (:mod:`jaxrnn.fused`); any other cell is a ``lax.scan`` of its ``apply`` (or of its
   ``step`` over the hoisted ``project`` when it has both), with the same ``lengths``,
-  ``reverse`` and ``remat`` options;
+  ``reverse`` and ``remat`` options. A cell whose recurrence is linear in ``h``
+  (``Cell.linear``: ``jr.mingru``, ``jr.minlstm``) runs ``h_t = a_t * h_{t-1} + b_t``
+  step by step or with ``jax.lax.associative_scan`` (the ``scan`` option,
+  :mod:`jaxrnn.linear_scan`);
 * a :class:`Stack` of layers (``jr.stack([...], dropout=p)``), optionally with dropout
   between layers driven by an explicit PRNG key;
 * a :class:`Bidirectional` layer (``jr.bidirectional(cell)``) whose output concatenates
@@ -32,6 +35,7 @@ from jaxrnn.cells import (
     Cell, check_apply, check_carry, check_cell, check_cell_carry, check_cell_params, check_params, is_builtin,
 )
 from jaxrnn import fused as _fused
+from jaxrnn import linear_scan as _linear
 from jaxrnn.layers import dropout as _dropout
 
 Array = jax.Array
@@ -347,9 +351,16 @@ def checked_carry(cell, params, xs_tm: Array, carry):
     return _user_carry(cell, params, xs_tm, carry)
 
 
-def _unroll_cell(cell, params, xs_tm: Array, carry, lengths, reverse: bool, unroll: int, remat):
+def _unroll_cell(cell, params, xs_tm: Array, carry, lengths, reverse: bool, unroll: int, remat,
+                 scan: str = "auto", name: str = "cell"):
     builtin = is_builtin(cell)
+    associative = _linear.use_associative(scan, cell, xs_tm.shape[0], name)
+    linear = getattr(cell, "linear", None)
+    if linear is not None:
+        _linear.check_linear(cell, params, xs_tm, name)
     carry = checked_carry(cell, params, xs_tm, carry)
+    if linear is not None:
+        _linear.check_state(carry, name)
     steps = xs_tm.shape[0]
     batch = tuple(xs_tm.shape[1:-1])
     mask = None
@@ -360,7 +371,13 @@ def _unroll_cell(cell, params, xs_tm: Array, carry, lengths, reverse: bool, unro
         xs_tm = jnp.where(mask[..., None], xs_tm, jnp.zeros((), xs_tm.dtype))
     if reverse:
         xs_tm = _reverse_valid(xs_tm, lengths)
-    if builtin and _fused.applies(cell, params, xs_tm, carry):
+    if associative:
+        carry, ys = _linear.associative(linear, params, xs_tm, carry, mask, remat)
+    elif linear is not None:
+        # h_t = a_t * h_{t-1} + b_t step by step, every a_t and b_t computed up front.
+        ab = _linear.sequential_inputs(linear, params, xs_tm)
+        carry, ys = _scan_cell(_linear.sequential_step, None, ab, carry, mask, unroll, remat)
+    elif builtin and _fused.applies(cell, params, xs_tm, carry):
         # Built-in cells: hand-written derivative, chunked projection (jaxrnn/fused.py).
         carry, ys = _fused.scan(cell, params, xs_tm, carry, mask, unroll, remat)
     elif getattr(cell, "project", None) is not None and getattr(cell, "step", None) is not None:
@@ -372,7 +389,7 @@ def _unroll_cell(cell, params, xs_tm: Array, carry, lengths, reverse: bool, unro
     return carry, ys
 
 
-def _unroll_tm(module: Module, params, xs_tm, carry, lengths, reverse, unroll, remat, key):
+def _unroll_tm(module: Module, params, xs_tm, carry, lengths, reverse, unroll, remat, key, scan="auto", name="cell"):
     if isinstance(module, Bidirectional):
         if reverse:
             raise ValueError("reverse=True has no meaning for a Bidirectional layer (it already reads both ways)")
@@ -382,8 +399,10 @@ def _unroll_tm(module: Module, params, xs_tm, carry, lengths, reverse, unroll, r
         if carry is not None and (not isinstance(carry, (tuple, list)) or len(carry) != 2):
             raise TypeError("carry of a Bidirectional layer must be a pair (forward_carry, backward_carry)")
         cf, cb = (None, None) if carry is None else carry
-        cf, yf = _unroll_cell(module.forward, params["forward"], xs_tm, cf, lengths, False, unroll, remat)
-        cb, yb = _unroll_cell(module.backward, params["backward"], xs_tm, cb, lengths, True, unroll, remat)
+        cf, yf = _unroll_cell(module.forward, params["forward"], xs_tm, cf, lengths, False, unroll, remat, scan,
+                              f"{name}.forward")
+        cb, yb = _unroll_cell(module.backward, params["backward"], xs_tm, cb, lengths, True, unroll, remat, scan,
+                              f"{name}.backward")
         return (cf, cb), jnp.concatenate([yf, yb], axis=-1)
     if isinstance(module, Stack):
         _check_stack_args(module, params, carry)
@@ -395,10 +414,10 @@ def _unroll_tm(module: Module, params, xs_tm, carry, lengths, reverse, unroll, r
         for i, (layer, p, c) in enumerate(zip(module.layers, params, carries)):
             if i > 0:
                 ys = _dropout(ys, module.dropout, keys[i])
-            c, ys = _unroll_tm(layer, p, ys, c, lengths, reverse, unroll, remat, None)
+            c, ys = _unroll_tm(layer, p, ys, c, lengths, reverse, unroll, remat, None, scan, f"{name}.layers[{i}]")
             new_carry.append(c)
         return tuple(new_carry), ys
-    return _unroll_cell(module, params, xs_tm, carry, lengths, reverse, unroll, remat)
+    return _unroll_cell(module, params, xs_tm, carry, lengths, reverse, unroll, remat, scan, name)
 
 
 def unroll(
@@ -414,6 +433,7 @@ def unroll(
     remat: Any = None,
     key: Array | None = None,
     backend: str = "xla",
+    scan: str = "auto",
 ):
     """Run a recurrent module over a sequence with ``lax.scan``.
 
@@ -454,6 +474,19 @@ def unroll(
         cuDNN (``jax.experimental.rnn``) on a CUDA GPU, with the same results; anything
         else raises a ``TypeError`` / ``ValueError`` saying why (see
         :mod:`jaxrnn.cudnn`). ``"auto"``: cuDNN where it can run, else ``"xla"``.
+      scan: how a cell whose recurrence is linear in ``h`` (``Cell.linear``: ``jr.mingru``,
+        ``jr.minlstm`` or one of your own) runs. ``"sequential"``: ``lax.scan`` of
+        ``h_t = a_t * h_{t-1} + b_t``, with every ``a_t``, ``b_t`` computed up front;
+        ``"associative"``: ``jax.lax.associative_scan`` over the whole sequence
+        (``O(log T)`` depth; log space for :class:`~jaxrnn.cells.LogLinear` cells), a
+        ``ValueError`` for a cell without ``linear``; ``"auto"`` (default): for linear
+        cells the sequential scan on a CPU (measured faster there) and the associative
+        one on a GPU or TPU (:func:`jaxrnn.linear_scan.auto_associative`); every other
+        cell is sequential. Both give the same values to float
+        tolerance, with ``lengths``, ``reverse`` and ``carry``. With the associative
+        scan, ``unroll`` is ignored and any ``remat`` but ``None`` recomputes the whole
+        scan in the backward pass (see :mod:`jaxrnn.linear_scan`). In a :class:`Stack`
+        or :class:`Bidirectional` layer it applies to every cell.
 
     Returns:
       ``(carry, ys)``: the final carry (same structure as ``carry``) and the outputs,
@@ -469,7 +502,10 @@ def unroll(
       >>> ys.shape, bool((ys[1, 3:] == 0).all())
       ((2, 7, 16), True)
     """
-    if backend != "xla":
+    _linear.check_scan(scan)
+    if backend == "cudnn" and scan == "associative":
+        raise ValueError("scan='associative' runs on backend='xla' (cuDNN has no associative scan); got backend='cudnn'")
+    if backend != "xla" and not (backend == "auto" and scan == "associative"):
         # The cuDNN path (jaxrnn/cudnn.py); imported here, since it imports this module.
         from jaxrnn import cudnn as _cudnn
 
@@ -486,7 +522,7 @@ def unroll(
     xs_tm = xs if (time_major or not batched) else jnp.swapaxes(xs, 0, 1)
     if lengths is not None:
         _check_lengths(lengths, tuple(xs_tm.shape[1:-1]), xs_tm.shape[0])
-    carry, ys_tm = _unroll_tm(cell, params, xs_tm, carry, lengths, reverse, unroll, remat, key)
+    carry, ys_tm = _unroll_tm(cell, params, xs_tm, carry, lengths, reverse, unroll, remat, key, scan)
     ys = ys_tm if (time_major or not batched) else jnp.swapaxes(ys_tm, 0, 1)
     return carry, ys
 

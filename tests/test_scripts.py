@@ -34,6 +34,7 @@ SCRIPTS = {
     "lm_word": ((), ("lm_word_shakespeare_quick.md", "lm_word_shakespeare_quick.json",
                      "lm_word_shakespeare_quick/metrics.json")),
     "long_stream": ((), ("long_stream_quick.md", "long_stream_quick.json")),
+    "parallel_scan": ((), ("parallel_scan_quick.md", "parallel_scan_quick.json")),
     "lstm_passes": (("torch",), ("lstm_passes_quick.md", "lstm_passes_quick.json")),
     "scaling": ((), ("scaling_quick.md", "scaling_quick.json")),
     "tbptt_horizon": ((), ("tbptt_horizon_quick.md", "tbptt_horizon_quick.json", "tbptt_horizon_quick.png")),

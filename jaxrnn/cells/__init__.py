@@ -19,6 +19,9 @@ The package has one module per idea:
   (Ba et al. 2016);
 * :mod:`jaxrnn.cells.mgu`: :func:`mgu`, the minimal gated unit (Flax's ``MGUCell``);
 * :mod:`jaxrnn.cells.indrnn`: :func:`indrnn`, the independently recurrent ReLU cell;
+* :mod:`jaxrnn.cells.minimal`: :func:`mingru` and :func:`minlstm` (Feng et al. 2024),
+  whose recurrence is linear in ``h`` (``Cell.linear``), so :func:`jaxrnn.unroll` can
+  run them with an associative scan;
 
 and :data:`BUILTIN` names every cell the language model and ``jaxrnn train --cell``
 can build.
@@ -32,12 +35,14 @@ from jaxrnn.cells.classic import ELMAN, GATE_NAMES, check_carry, check_params, g
 from jaxrnn.cells.indrnn import indrnn
 from jaxrnn.cells.layernorm import ln_gru, ln_lstm
 from jaxrnn.cells.mgu import mgu
+from jaxrnn.cells.minimal import mingru, minlstm
 from jaxrnn.cells.projected import check_proj_size
-from jaxrnn.cells.protocol import Cell, check_apply, check_cell, check_cell_carry, check_cell_params
+from jaxrnn.cells.protocol import Cell, LogLinear, check_apply, check_cell, check_cell_carry, check_cell_params
 
 __all__ = [
-    "Cell", "rnn", "lstm", "gru", "ln_lstm", "ln_gru", "mgu", "indrnn", "BUILTIN", "PROJECTED", "GATE_NAMES", "ELMAN",
-    "from_name", "check_proj_size", "is_builtin", "check_cell", "check_apply", "check_cell_params", "check_cell_carry", "check_params", "check_carry",
+    "Cell", "LogLinear", "rnn", "lstm", "gru", "ln_lstm", "ln_gru", "mgu", "indrnn", "mingru", "minlstm", "BUILTIN",
+    "PROJECTED", "GATE_NAMES", "ELMAN", "from_name", "check_proj_size", "is_builtin", "check_cell", "check_apply",
+    "check_cell_params", "check_cell_carry", "check_params", "check_carry",
 ]
 
 
@@ -65,6 +70,8 @@ BUILTIN: dict[str, Callable[..., Cell]] = {
     "lngru": ln_gru,
     "mgu": mgu,
     "indrnn": indrnn,
+    "mingru": mingru,
+    "minlstm": minlstm,
 }
 #: The names in :data:`BUILTIN` that take a ``proj_size``.
 PROJECTED = ("lstmp",)

@@ -21,7 +21,29 @@ Array = jax.Array
 Params = Any
 Carry = Any
 
-__all__ = ["Cell", "check_cell", "check_cell_params", "check_cell_carry", "check_apply"]
+__all__ = ["Cell", "LogLinear", "linear_space", "check_cell", "check_cell_params", "check_cell_carry", "check_apply"]
+
+
+class LogLinear(NamedTuple):
+    """The coefficients of a linear recurrence ``h_t = a_t * h_{t-1} + b_t`` given as
+    logarithms: ``log_a = log(a)`` and ``log_b = log(b)`` (so ``a > 0`` and ``b > 0``).
+
+    A cell's ``linear`` function returns this instead of the pair ``(a, b)`` to have the
+    associative scan run in log space (combining with ``logaddexp``), as the log-space
+    minGRU and minLSTM do (:mod:`jaxrnn.cells.minimal`).
+    """
+
+    log_a: Array
+    log_b: Array
+
+
+def linear_space(coefficients: Any) -> tuple[Array, Array]:
+    """``(a, b)`` from what a cell's ``linear`` returns: the pair itself, or
+    ``(exp(log_a), exp(log_b))`` for :class:`LogLinear`."""
+    if isinstance(coefficients, LogLinear):
+        return jnp.exp(coefficients.log_a), jnp.exp(coefficients.log_b)
+    a, b = coefficients
+    return a, b
 
 
 class Cell(NamedTuple):
@@ -60,15 +82,27 @@ class Cell(NamedTuple):
         ``apply(params, carry, x_t) == step(params, carry, project(params, x_t))``.
       kind: the name of a built-in cell, its key in :data:`jaxrnn.cells.BUILTIN`
         (``"lstm"``, ``"gru"``, ``"rnn"``, ``"rnn_relu"``, ``"lstmp"``, ``"lnlstm"``,
-        ``"lngru"``, ``"mgu"``, ``"indrnn"``, ...); ``None`` for cells of your own.
+        ``"lngru"``, ``"mgu"``, ``"indrnn"``, ``"mingru"``, ``"minlstm"``); ``None`` for
+        cells of your own.
       num_gates: ``G`` for the built-in cells: the number of ``H``-wide blocks in
-        ``w_x``, ``w_h`` and ``b``; ``None`` otherwise.
+        ``w_x``, ``b`` and (where the cell has one) ``w_h``; ``None`` otherwise.
       fused: ``True`` only for the cells made by ``jr.lstm`` (without ``proj_size``),
         ``jr.gru`` and ``jr.rnn``:
         :func:`jaxrnn.unroll` then runs their hand-written derivative
         (:mod:`jaxrnn.fused`, whose table is keyed by ``kind``) instead of a
         ``lax.scan`` of ``apply``. Set it to ``False`` (``cell._replace(fused=False)``)
         if you change the maths of a built-in cell.
+      linear: optional ``linear(params, xs) -> (a, b)`` for a cell whose recurrence is
+        linear in its state: the carry is one array ``h`` of shape ``(*batch, H)``,
+        ``y_t = h_t``, and ``h_t = a_t * h_{t-1} + b_t`` (elementwise) where ``a_t`` and
+        ``b_t`` depend on ``x_t`` only. ``xs`` has any leading dimensions (time, batch)
+        and ``a``, ``b`` have those followed by ``H``. It may return
+        :class:`LogLinear` ``(log_a, log_b)`` instead, for positive coefficients, to have
+        the scan run in log space. With it :func:`jaxrnn.unroll` can run the whole
+        sequence with ``jax.lax.associative_scan`` (``scan="associative"``, or
+        ``"auto"`` on long sequences) instead of step by step. ``apply`` must still
+        compute the same step: ``apply(params, h, x_t) == (h', h')`` with
+        ``h' = a_t * h + b_t``. ``None`` (the default): the recurrence is not linear.
     """
 
     init: Callable[..., Params]
@@ -80,6 +114,7 @@ class Cell(NamedTuple):
     kind: str | None = None
     num_gates: int | None = None
     fused: bool = False
+    linear: Callable[[Params, Array], Any] | None = None
 
 
 _PROTOCOL = ("init", "initial_carry", "apply", "hidden_size")
@@ -110,6 +145,9 @@ def check_cell(cell: Any, name: str = "cell") -> Any:
             f"project={'None' if cell.project is None else 'a function'}, "
             f"step={'None' if cell.step is None else 'a function'}"
         )
+    linear = getattr(cell, "linear", None)
+    if linear is not None and not callable(linear):
+        raise TypeError(f"{name}.linear must be None or callable, got {type(linear).__name__}")
     return cell
 
 
