@@ -43,6 +43,8 @@ def guess(params: Any) -> str:
         return "a layer-normalised GRU (jr.ln_gru)"
     if "u" in keys:
         return "an IndRNN (jr.indrnn)"
+    if keys == {"w_x", "b"}:
+        return "a minGRU or minLSTM (jr.mingru / jr.minlstm: no recurrent weight)"
     w_h = params.get("w_h")
     if w_h is None or not hasattr(w_h, "shape") or len(w_h.shape) != 2 or w_h.shape[0] == 0:
         return "an unknown cell"
