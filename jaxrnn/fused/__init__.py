@@ -32,9 +32,8 @@ recurrence is a :func:`jax.custom_jvp` function whose tangent is written by hand
       dh_t     = do * tanh(c_t) + o * (1 - tanh(c_t)^2) * dc_t
 
   so the transposed (reverse-mode) computation runs one backward loop over the steps
-  of a chunk (``tangent_unroll`` steps per iteration, from the same table: 1 on the CPU,
-  where XLA would otherwise fuse one step's elementwise ``dc`` update into the next
-  step's consumers and compute it twice), then accumulates ``[dW_x; dW_h] = [x, h_prev]^T dz`` and ``db = sum dz``
+  of a chunk (``tangent_unroll`` steps per iteration, from the same table: 2 on the
+  CPU, see :data:`TANGENT_UNROLL`), then accumulates ``[dW_x; dW_h] = [x, h_prev]^T dz`` and ``db = sum dz``
   as one product per chunk. The per-step coefficients (``i (1 - i)``...) are computed
   for the whole chunk at once, so the backward step is one product and one fused
   elementwise pass. Forward mode (``jax.jvp``, ``jax.jacfwd``) and ``jax.vmap`` keep

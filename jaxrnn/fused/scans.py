@@ -27,10 +27,12 @@ DEFAULT_CHUNK = 8
 STATIC_STEPS = 32
 
 #: Steps per iteration of the backward (tangent) loop when ``unroll`` is 1, on the CPU
-#: (the ``"cpu"`` row of :data:`PLATFORM_CONFIG`). One step per iteration: unrolled, XLA
-#: fuses the elementwise ``dc`` (LSTM) and ``dh`` chains of the transposed loop into
-#: every later step of the iteration, recomputing them.
-TANGENT_UNROLL = 1
+#: (the ``"cpu"`` row of :data:`PLATFORM_CONFIG`). A trade-off: within an iteration XLA
+#: fuses one step's elementwise ``dc`` (LSTM) update into the next step's consumers and
+#: computes it twice (more work, so one step per iteration does less), while every
+#: iteration costs a loop turn and a synchronisation of the threads of the per-step
+#: product (so on two cores two steps per iteration ran faster).
+TANGENT_UNROLL = 2
 
 #: Chunk length and backward-loop unroll of the fast path, per platform
 #: (``jax.Device.platform``: ``"cpu"``, ``"gpu"``, ``"tpu"``...), chosen when the call
