@@ -60,9 +60,10 @@ recurrence is a :func:`jax.custom_jvp` function whose tangent is written by hand
   into every later step's consumer, ``O(K^2)`` work per chunk) leaves the backward pass.
   The recomputation lives inside :func:`jax.checkpoint` around each chunk of the tangent,
   so only the listed arrays cross from the forward to the backward pass. For the float32
-  LSTM (B=32, I=64, H=256) this keeps 3.1 / 0.6 carried states per step for ``None`` /
-  ``"step"`` with a loss on the final state (3.6 / 1.1 with a loss on every output),
-  against 6.1 for a plain ``lax.scan``; the target is at most 4 for ``None``.
+  LSTM (B=32, I=64, H=256) training step this keeps 3.2 / 0.6 carried states per step
+  for ``None`` / ``"step"`` with a loss on the final state, against 6.1 for a plain
+  ``lax.scan``; the target is at most 4 for ``None``
+  (``benchmarks/results/bptt_memory.md``).
 
 What bounds the speed on CPU: the per-step products (``h W_h`` and, in the backward
 loop, ``dh W_h^T``), which XLA:CPU already spreads over the available cores. Everything
