@@ -46,6 +46,14 @@ Sections:
     the groups run in order of importance (LSTM float32 first); what the section's budget
     does not reach is reported as skipped.
 
+(d) **Fast-path sweep** (after (b)): the float32 LSTM training step of (b) at its first
+    shape through ``jr.unroll``'s fast path, for a few ``chunk`` / ``tangent_unroll``
+    values of ``jaxrnn.fused.PLATFORM_CONFIG`` (the table's row for this platform is set
+    while each variant is traced, then put back), in interleaved rounds with the ratio
+    to the table's current row. This is the measurement that fills the table's ``"gpu"``
+    row (not measured yet: it equals the CPU row); the rows name the platform, and
+    each variant is an isolated case.
+
 (c) **BPTT memory**: one ``jr.bptt.make_step`` training step (SGD) of an LSTM (B=32,
     I=H=512) over L = 512 and 2048 steps, ``remat`` None / "step" / "sqrt", the cuDNN
     path, and TBPTT (segments of T = 64 steps, ``jr.tbptt.make_step``) over the same L.
@@ -87,7 +95,9 @@ FULL = {
     "precisions": ("default", "highest"),
     "speed_shapes": [dict(B=64, L=128, I=512, H=512), dict(B=16, L=1024, I=1024, H=1024)],
     "memory": dict(B=32, I=512, H=512, lengths=(512, 2048), T=64),
-    "budget": {"correctness": 50.0, "speed": 120.0, "memory": 75.0},  # + start-up and overruns: under 5 min
+    # (chunk, tangent_unroll) variants of the sweep; the table's current row is added.
+    "sweep": [(8, 1), (8, 2), (16, 2), (16, 4), (32, 4), (32, 8)],
+    "budget": {"correctness": 50.0, "speed": 90.0, "sweep": 35.0, "memory": 70.0},  # + start-up: under 5 min
     "group_s": 6.0,
     "rounds": (3, 7),
     "deadline_s": 285.0,
@@ -98,7 +108,8 @@ QUICK = {
     "precisions": ("default",),  # the same computation on a CPU
     "speed_shapes": [dict(B=4, L=8, I=8, H=8)],
     "memory": dict(B=4, I=8, H=8, lengths=(16, 64), T=8),
-    "budget": {"correctness": None, "speed": 8.0, "memory": 12.0},  # every correctness row runs
+    "sweep": [(4, 2)],
+    "budget": {"correctness": None, "speed": 8.0, "sweep": 8.0, "memory": 12.0},  # every correctness row runs
     "group_s": 0.3,
     "rounds": (2, 2),
 }
@@ -462,6 +473,83 @@ def speed(cfg, budget_s: float, rows: list, groups: list) -> tuple[list, list]:
     return rows, groups
 
 
+# --------------------------------------------------------------------------- (d) fast-path sweep
+
+
+def sweep(cfg, budget_s: float, rows: list, out: dict) -> dict:
+    """Time the LSTM training step of (b)'s first shape for each (chunk, tangent_unroll)."""
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    import jaxrnn as jr
+    from jaxrnn import fused
+
+    t_end = time.perf_counter() + budget_s
+    platform = fused.current_platform()
+    table_row = dict(fused.platform_config(platform))
+    shape = cfg["speed_shapes"][0]
+    B, L, I, H = shape["B"], shape["L"], shape["I"], shape["H"]
+    out.update(platform=platform, table_row=table_row, has_row=platform in fused.PLATFORM_CONFIG, **shape,
+               variants=[])
+    rng = np.random.default_rng(0)
+    x = jnp.asarray(rng.normal(size=(B, L, I)), jnp.float32)
+    y = jnp.asarray(rng.normal(size=(B, L, H)), jnp.float32)
+    cell = jr.lstm(H)
+    params = cell.init(jax.random.key(0), I, jnp.float32)
+    values = [(table_row["chunk"], table_row["tangent_unroll"])]
+    values += [v for v in cfg["sweep"] if v not in values]
+    runners = {}
+    for i, (chunk, t_unroll) in enumerate(values):
+        name = f"chunk {chunk}, tangent_unroll {t_unroll}" + (" (table)" if i == 0 else "")
+        variant = {"name": name, "chunk": chunk, "tangent_unroll": t_unroll}
+        out["variants"].append(variant)
+        if time.perf_counter() > t_end:
+            variant["status"] = "skipped: time budget of the section spent"
+            LOG(f"[sweep] {name}: skipped (time budget)")
+            continue
+
+        def make(chunk=chunk, t_unroll=t_unroll):
+            # The row is read when the step is traced (in jax_runner's first call), so it
+            # is set for the compilation only; the compiled step keeps it.
+            saved = fused.PLATFORM_CONFIG.get(platform)
+            fused.PLATFORM_CONFIG[platform] = {"chunk": chunk, "tangent_unroll": t_unroll}
+            try:
+                return {"_run": jax_runner(lambda p, x: jr.unroll(cell, p, x)[1], params, x, y)}
+            finally:
+                if saved is None:
+                    del fused.PLATFORM_CONFIG[platform]
+                else:
+                    fused.PLATFORM_CONFIG[platform] = saved
+
+        row = isolated(rows, "sweep", f"{name} (compile)", make, chunk=chunk, tangent_unroll=t_unroll)
+        run = row.pop("_run", None)
+        variant.update(status=row["status"], compile_s=row["seconds"], **({"error": row["error"]} if "error" in row else {}))
+        if run is not None:
+            runners[name] = run
+    if not runners:
+        out["status"] = "error: no variant compiled"
+        return out
+    reference = next(iter(runners))
+    out["reference"] = reference
+    try:
+        per = {k: r(1) for k, r in runners.items()}
+        reps = max(1, min(50, int(0.25 / max(max(per.values()), 1e-6))))
+        lo, hi = cfg["rounds"]
+        rounds = int(min(hi, max(lo, max(t_end - time.perf_counter(), cfg["group_s"]) // max(sum(per.values()) * reps, 1e-6))))
+        res = interleaved(runners, rounds=rounds, reps=reps, reference=reference, log=LOG)
+        out.update(status="ok", rounds=rounds, reps=reps)
+        for v in out["variants"]:
+            if v["name"] in res:
+                r = res[v["name"]]
+                v.update(median_ms=1e3 * r["median_s"], ratio_median=r["ratio_median"], ratio_min=r["ratio_min"],
+                         ratio_max=r["ratio_max"])
+    except Exception as e:  # noqa: BLE001
+        out["status"] = f"error: {type(e).__name__}: {e}"[:600]
+    LOG(f"[sweep] {platform}: {out['status']}")
+    return out
+
+
 # --------------------------------------------------------------------------- (c) memory
 
 
@@ -618,6 +706,19 @@ def markdown(info, payload) -> str:
                          f"{name} | {fmt(r.get('median_ms'), '.2f')} | {ratio} | {r['compile_s']:.1f} | {status} |")
         if g.get("status", "ok") != "ok" and g["runners"]:
             lines.append(f"| {g['group']} | (group) | | | | {g['status']} |")
+    sw = payload.get("sweep") or {}
+    if sw:
+        lines.append(f"\n## (d) Fast-path sweep: chunk / tangent_unroll of the LSTM training step (float32, "
+                     f"B={sw.get('B')} L={sw.get('L')} I={sw.get('I')} H={sw.get('H')})\n")
+        lines.append(f"Platform `{sw.get('platform')}`; its row of `jaxrnn.fused.PLATFORM_CONFIG` in this run: "
+                     f"{sw.get('table_row')}{'' if sw.get('has_row') else ' (no row of its own: the cpu row)'}. "
+                     f"Ratio = median over rounds of (time / the table row's time). Status: {sw.get('status')}.\n")
+        lines.append("| chunk | tangent_unroll | median ms | ratio to the table row (min-max) | compile s | status |")
+        lines.append("|---:|---:|---:|---|---:|---|")
+        for v in sw.get("variants", []):
+            ratio = (f"{v['ratio_median']:.3f} ({v['ratio_min']:.3f}-{v['ratio_max']:.3f})" if "ratio_median" in v else "")
+            lines.append(f"| {v['chunk']} | {v['tangent_unroll']} | {fmt(v.get('median_ms'), '.2f')} | {ratio} | "
+                         f"{v.get('compile_s', 0.0):.1f} | {v.get('status')}{(': ' + v['error'][:120]) if 'error' in v else ''} |")
     lines.append("\n## (c) BPTT memory of one LSTM training step (SGD)\n")
     lines.append("peak = `memory_stats()['peak_bytes_in_use']` (None where the backend has no memory stats); "
                  "temp = XLA's compiled memory analysis of the step (one segment's step for TBPTT).\n")
@@ -635,7 +736,7 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", default=None, help="output folder (default: a new temporary folder)")
     p.add_argument("--quick", action="store_true", help="tiny shapes, a couple of rounds: a CPU check in under a minute")
-    p.add_argument("--only", default="correctness,speed,memory", help="comma-separated sections to run")
+    p.add_argument("--only", default="correctness,speed,sweep,memory", help="comma-separated sections to run")
     p.add_argument("--time-scale", type=float, default=1.0,
                    help="multiply every time budget (and the 285 s deadline of a full run) by this")
     p.add_argument("--memory-case", default=None, help=argparse.SUPPRESS)  # internal: one memory case, JSON spec
@@ -661,9 +762,9 @@ def main(argv=None) -> int:
         raise SystemExit(f"--out must not be benchmarks/results (got {out_dir}); commit chosen files by hand")
     cfg = QUICK if args.quick else FULL
     sections = {s.strip() for s in args.only.split(",") if s.strip()}
-    unknown = sections - {"correctness", "speed", "memory"}
+    unknown = sections - {"correctness", "speed", "sweep", "memory"}
     if unknown:
-        raise SystemExit(f"--only takes correctness, speed, memory; got {sorted(unknown)}")
+        raise SystemExit(f"--only takes correctness, speed, sweep, memory; got {sorted(unknown)}")
 
     import jax
 
@@ -672,7 +773,7 @@ def main(argv=None) -> int:
     info = machine_info()
     payload = {"command": command_line(), "quick": args.quick, "machine": info, "gpu_info": gpu_info(),
                "config": {k: v for k, v in cfg.items()}, "tolerance": TOLERANCE,
-               "correctness": [], "speed": [], "speed_cases": [], "memory": []}
+               "correctness": [], "speed": [], "speed_cases": [], "sweep": {}, "sweep_cases": [], "memory": []}
     LOG(f"device {jax.devices()[0]} ({payload['gpu_info']['device_kind']}), cuDNN path: {payload['gpu_info']['cudnn_path_available']}")
     if deadline is not None and hasattr(signal, "SIGALRM"):
         # A last guard: a case that runs past the deadline is interrupted (between Python
@@ -688,6 +789,8 @@ def main(argv=None) -> int:
                         payload["correctness"])
         if "speed" in sections:
             speed(cfg, budgets["speed"], payload["speed_cases"], payload["speed"])
+        if "sweep" in sections:
+            sweep(cfg, budgets["sweep"], payload["sweep_cases"], payload["sweep"])
         if "memory" in sections:
             isolate_all = bool(jax.devices()[0].memory_stats()) and not args.quick
             memory(cfg, budgets["memory"], isolate_all, payload["memory"])

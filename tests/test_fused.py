@@ -231,6 +231,50 @@ def test_chunk_lengths():
     assert fused.chunk_length(5, 7) == 5  # a block longer than the sequence is the sequence
 
 
+# --------------------------------------------------------------------------- per-platform table
+
+
+def test_platform_table_sets_chunk_and_unroll_and_results_do_not_depend_on_them(monkeypatch):
+    """A call takes the chunk length and backward unroll of its platform's row of
+    ``fused.PLATFORM_CONFIG`` (the platform is patched to "gpu" here; one without a row
+    takes "cpu"'s), and other values give the same float64 results."""
+    seen = []
+    recurrence = fused._recurrence
+
+    def spy(kind, cfg, *args):
+        seen.append(cfg)
+        return recurrence(kind, cfg, *args)
+
+    monkeypatch.setattr(fused, "_recurrence", spy)
+    cpu = fused.PLATFORM_CONFIG["cpu"]
+    cell, params, carry, xs, lengths = setup("lstm", 13, jnp.float64)
+    want = run(cell, params, xs, carry, lengths=lengths)
+    assert seen[-1][0] == fused.chunk_length(13, None, cpu["chunk"]) and seen[-1][3] == cpu["tangent_unroll"]
+    monkeypatch.setattr(fused, "current_platform", lambda *a: "gpu")
+    for chunk, t_unroll in ((3, 4), (16, 1)):  # 13 steps: padded to 15; one chunk of 13
+        monkeypatch.setitem(fused.PLATFORM_CONFIG, "gpu", {"chunk": chunk, "tangent_unroll": t_unroll})
+        got = run(cell, params, xs, carry, lengths=lengths)
+        assert seen[-1][0] == min(chunk, 13) and seen[-1][3] == t_unroll, seen[-1]
+        assert_trees_close(got, want, rtol=1e-10, atol=1e-12)
+    monkeypatch.setattr(fused, "current_platform", lambda *a: "no-such-platform")
+    jax.eval_shape(lambda: jr.unroll(cell, params, xs, carry))
+    assert seen[-1][0] == fused.chunk_length(13, None, cpu["chunk"]) and seen[-1][3] == cpu["tangent_unroll"]
+
+
+def test_current_platform_reads_arrays_then_the_default_backend(monkeypatch):
+    x = jnp.ones(3)
+    assert fused.current_platform(x) == next(iter(x.devices())).platform == "cpu"
+    monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
+    assert fused.current_platform() == "gpu"
+    assert fused.current_platform(np.ones(3)) == "gpu"  # not a jax array: the default backend
+    got = []
+    jax.jit(lambda a: got.append(fused.current_platform(a)) or a)(x)  # a tracer: the default backend
+    assert got == ["gpu"]
+    assert fused.platform_config("gpu") == fused.PLATFORM_CONFIG["gpu"]
+    assert fused.platform_config("no-such-platform") == fused.PLATFORM_CONFIG["cpu"]
+    assert fused.chunk_length(1000) == fused.chunk_length(1000, None, fused.PLATFORM_CONFIG["gpu"]["chunk"])
+
+
 # --------------------------------------------------------------------------- memory
 
 

@@ -9,7 +9,9 @@ every step, adds a rank-``B`` update of ``dW_h`` inside the backward loop, and k
 hoisted input projection ``x W_x + b`` (``G H`` numbers per step) alive. Here the
 recurrence is a :func:`jax.custom_jvp` function whose tangent is written by hand:
 
-* Time is cut into chunks of ``K`` steps (``DEFAULT_CHUNK``). With ``remat=None`` the
+* Time is cut into chunks of ``K`` steps (the ``chunk`` of the platform's row of
+  :data:`PLATFORM_CONFIG`, chosen when the call is traced: 8 on the CPU; the GPU row is
+  not measured yet and equals the CPU row). With ``remat=None`` the
   LSTM and GRU forward projects the whole sequence with one matrix product into a
   ``(T, B, G H)`` buffer and overwrites each step of it with that step's gates (in
   place: the gates kept for the backward pass cost no extra memory); the other modes
@@ -30,7 +32,8 @@ recurrence is a :func:`jax.custom_jvp` function whose tangent is written by hand
       dh_t     = do * tanh(c_t) + o * (1 - tanh(c_t)^2) * dc_t
 
   so the transposed (reverse-mode) computation runs one backward loop over the steps
-  of a chunk, then accumulates ``[dW_x; dW_h] = [x, h_prev]^T dz`` and ``db = sum dz``
+  of a chunk (``tangent_unroll`` steps per iteration, from the same table: 2 on the
+  CPU, see :data:`TANGENT_UNROLL`), then accumulates ``[dW_x; dW_h] = [x, h_prev]^T dz`` and ``db = sum dz``
   as one product per chunk. The per-step coefficients (``i (1 - i)``...) are computed
   for the whole chunk at once, so the backward step is one product and one fused
   elementwise pass. Forward mode (``jax.jvp``, ``jax.jacfwd``) and ``jax.vmap`` keep
@@ -40,21 +43,26 @@ recurrence is a :func:`jax.custom_jvp` function whose tangent is written by hand
   =============  ==============================================  ====================
   ``remat``      kept per step                                   recomputed
   =============  ==============================================  ====================
-  ``None``       the output ``h`` and the gate activations       the LSTM's ``c``
-                 (LSTM ``h, i, f, g, o``: 5 H numbers)
+  ``None``       the carry and the gate activations             nothing
+                 (LSTM ``h, c, i, f, g, o``: 6 H numbers)
   ``"step"``     the output ``h`` only                           the gates, as one
                                                                  product per chunk,
-                                                                 and ``c``
+                                                                 and the LSTM's ``c``
   ``k``/"sqrt"   the carry at the start of each block of ``k``   each block's forward
                  steps (``k`` about ``sqrt(T)`` for "sqrt")      scan
   =============  ==============================================  ====================
 
-  The LSTM's ``c_t = f_t c_{t-1} + i_t g_t`` is rebuilt from the gates and the chunk's
-  first ``c`` by an elementwise scan, so it is never stored per step. The recomputation
-  lives inside :func:`jax.checkpoint` around each chunk of the tangent, so only the
-  listed arrays cross from the forward to the backward pass. For the float32 LSTM
-  (B=32, I=64, H=256) this keeps 2.6 / 0.6 carried states per step for ``None`` /
-  ``"step"`` with a loss on the final state, against 6.1 for a plain ``lax.scan``
+  With ``remat="step"`` the LSTM's ``c_t = f_t c_{t-1} + i_t g_t`` is rebuilt per chunk
+  from the gates and the chunk's first ``c`` by an elementwise recurrence. With
+  ``remat=None`` the in-place forward writes every ``c_t`` to a ``(T, B, H)`` buffer
+  instead: ``H`` more numbers per step, but the backward pass then reads ``c`` instead of
+  rebuilding it, and the rebuild (an elementwise chain over the chunk that XLA fuses
+  into every later step's consumer, ``O(K^2)`` work per chunk) leaves the backward pass.
+  The recomputation lives inside :func:`jax.checkpoint` around each chunk of the tangent,
+  so only the listed arrays cross from the forward to the backward pass. For the float32
+  LSTM (B=32, I=64, H=256) training step this keeps 3.2 / 0.6 carried states per step
+  for ``None`` / ``"step"`` with a loss on the final state, against 6.1 for a plain
+  ``lax.scan``; the target is at most 4 for ``None``
   (``benchmarks/results/bptt_memory.md``).
 
 What bounds the speed on CPU: the per-step products (``h W_h`` and, in the backward
@@ -91,11 +99,14 @@ import jax.numpy as jnp
 from jaxrnn.cells import Cell
 from jaxrnn.fused.jvp import _recurrence
 from jaxrnn.fused.maths import _OPS
-from jaxrnn.fused.scans import DEFAULT_CHUNK, STATIC_STEPS, TANGENT_UNROLL
+from jaxrnn.fused.scans import (
+    DEFAULT_CHUNK, PLATFORM_CONFIG, STATIC_STEPS, TANGENT_UNROLL, current_platform, platform_config,
+)
 
 Array = jax.Array
 
-__all__ = ["scan", "applies", "chunk_length", "DEFAULT_CHUNK", "STATIC_STEPS", "TANGENT_UNROLL"]
+__all__ = ["scan", "applies", "chunk_length", "platform_config", "current_platform", "PLATFORM_CONFIG",
+           "DEFAULT_CHUNK", "STATIC_STEPS", "TANGENT_UNROLL"]
 
 
 # --------------------------------------------------------------------------- entry points
@@ -127,7 +138,8 @@ def chunk_length(steps: int, remat: Any = None, chunk: int | None = None) -> int
 
     For ``remat`` None or ``"step"``: ``steps`` itself when ``steps <= chunk``, else the
     largest divisor of ``steps`` not above ``chunk`` if it is at least ``chunk / 2``,
-    else ``chunk`` (the sequence is then padded with masked steps). For an int block
+    else ``chunk`` (the sequence is then padded with masked steps); ``chunk`` defaults
+    to the ``"chunk"`` of :func:`platform_config` for the current platform. For an int block
     length it is that int (at most ``steps``); for ``"sqrt"`` it is the divisor of
     ``steps`` nearest ``sqrt(steps)`` (in ratio) if one lies within a factor 2 of it,
     else ``ceil(sqrt(steps))``.
@@ -138,7 +150,7 @@ def chunk_length(steps: int, remat: Any = None, chunk: int | None = None) -> int
         return min(near, key=lambda d: abs(math.log(d / math.sqrt(steps)))) if near else root
     if isinstance(remat, int) and not isinstance(remat, bool):
         return max(1, min(remat, steps))
-    chunk = DEFAULT_CHUNK if chunk is None else chunk
+    chunk = platform_config()["chunk"] if chunk is None else chunk
     if steps <= chunk:
         return max(steps, 1)
     best = max(d for d in range(1, chunk + 1) if steps % d == 0)
@@ -155,7 +167,8 @@ def scan(cell: Cell, params: dict, xs_tm: Array, carry: Any, mask: Array | None 
       xs_tm: ``(T, B, I)`` or ``(T, I)`` inputs, in the order the cell reads them.
       carry: the initial carry, batch shape ``(B,)`` or ``()``.
       mask: optional ``(T, B)`` (or ``(T,)``) bool, False where the carry is held.
-      unroll: ``lax.scan`` unroll of the per-step loops.
+      unroll: ``lax.scan`` unroll of the per-step loops (the backward loop takes at
+        least the platform's ``tangent_unroll``, see :data:`PLATFORM_CONFIG`).
       remat: ``None``, ``"step"``, ``"sqrt"`` or an int block length (see the module
         docstring for what each keeps).
 
@@ -178,7 +191,9 @@ def scan(cell: Cell, params: dict, xs_tm: Array, carry: Any, mask: Array | None 
         xs_tm = xs_tm[:, None]
         parts = tuple(p[None] for p in parts)
         mask = None if mask is None else mask[:, None]
-    k = chunk_length(steps, remat)
+    # Chunk length and backward unroll of the platform the call is traced for.
+    plat = platform_config(current_platform(xs_tm, *jax.tree_util.tree_leaves((params, carry))))
+    k = chunk_length(steps, remat, plat["chunk"])
     save = "acts" if remat is None else ("carry" if remat == "step" else "block")
     m = mask
     pad = -steps % k
@@ -186,7 +201,8 @@ def scan(cell: Cell, params: dict, xs_tm: Array, carry: Any, mask: Array | None 
         xs_tm = jnp.concatenate([xs_tm, jnp.zeros((pad,) + xs_tm.shape[1:], xs_tm.dtype)], axis=0)
         valid = jnp.ones((steps, xs_tm.shape[1]), bool) if m is None else m
         m = jnp.concatenate([valid, jnp.zeros((pad, xs_tm.shape[1]), bool)], axis=0)
-    new, hs = _recurrence(kind, (k, unroll, save), dict(params), xs_tm, m, parts)
+    cfg = (k, unroll, save, max(unroll, plat["tangent_unroll"]))
+    new, hs = _recurrence(kind, cfg, dict(params), xs_tm, m, parts)
     if pad:
         hs = hs[:steps]
     if mask is not None:

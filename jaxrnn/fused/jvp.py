@@ -17,7 +17,7 @@ Array = jax.Array
 
 from jaxrnn.fused.maths import _OPS, _Ops, _mm, _mm_dw
 from jaxrnn.fused.scans import (
-    TANGENT_UNROLL, _chunk_forward, _chunk_index, _chunk_input, _forward, _forward_inplace, _select, _sub_chunk,
+    _chunk_forward, _chunk_index, _chunk_input, _forward, _forward_inplace, _select, _sub_chunk,
 )
 
 def _is_zero(t) -> bool:
@@ -65,14 +65,15 @@ def _input_terms(ops: _Ops, params, dparams, x_k, dx_k, h_prev):
     return dxp, dhx
 
 
-def _tangent_chunks(ops: _Ops, params, dparams, get, inputs, dc0, unroll: int):
+def _tangent_chunks(ops: _Ops, params, dparams, get, inputs, dc0, t_unroll: int):
     """Scan the tangent over chunks of ``k`` steps, each chunk under ``jax.checkpoint``.
 
     inputs: per chunk ``(ref, mask, dx, start)``; ``get(ref)`` gives the chunk's
     ``(k, B, I)`` inputs and ``(carries, acts)``: ``carries`` is ``(hs,)`` or the whole
     carry, ``acts`` the gates or None to recompute them as one product per chunk.
     Missing carry parts are rebuilt from the gates (``ops.recover``). Returns the final
-    tangent carry and the outputs' tangents stacked ``(n, k, B, H)``.
+    tangent carry and the outputs' tangents stacked ``(n, k, B, H)``. ``t_unroll``: steps
+    per iteration of the per-step loop.
     """
     w_x, w_h, bias, b_hn = params["w_x"], params["w_h"], params["b"], params.get("b_hn")
     w_hT = w_h.T  # materialised once, so the backward step's product is a plain one
@@ -97,7 +98,7 @@ def _tangent_chunks(ops: _Ops, params, dparams, get, inputs, dc0, unroll: int):
         # dc chain is fused (and so recomputed) by XLA into every later step of the
         # transposed program, which costs more than the dynamic indexing saves (the
         # variants that were measured are in docs/performance.md).
-        return lax.scan(inner, dc, (dxp, dhx, mm, coefs), unroll=max(unroll, TANGENT_UNROLL))
+        return lax.scan(inner, dc, (dxp, dhx, mm, coefs), unroll=t_unroll)
 
     return lax.scan(jax.checkpoint(chunk, prevent_cse=False), dc0, inputs)
 
@@ -105,9 +106,10 @@ def _tangent_chunks(ops: _Ops, params, dparams, get, inputs, dc0, unroll: int):
 def _tangent(ops: _Ops, cfg, params, xs, mask, saved, starts, dparams, dxs, dcarry0):
     """The JVP's tangent. Returns ``(dcarry_T, dhs)`` with ``dhs`` time-major ``(T, B, H)``.
 
-    ``saved = ((hs,), acts, hs_batch_major)`` (None for blocks).
+    ``saved = (carries, acts, hs_batch_major)`` (None for blocks): ``carries`` is ``(hs,)``,
+    or ``(hs, cs)`` where the forward kept every carry part (the LSTM's in-place forward).
     """
-    k, unroll, save = cfg
+    k, unroll, save, t_unroll = cfg
     t, b = xs.shape[:2]
     hs = params["w_h"].shape[0]
     xs_bm = jnp.swapaxes(xs, 0, 1)
@@ -119,12 +121,12 @@ def _tangent(ops: _Ops, cfg, params, xs, mask, saved, starts, dparams, dxs, dcar
         # (XLA fuses the slices into their consumers: no per-chunk copies).
         def get(j):
             piece = lambda a: lax.dynamic_slice_in_dim(a, j * k, k, axis=0)  # noqa: E731
-            (h_all,), acts, h_bm = saved
+            (h_all, *rest), acts, h_bm = saved
             acts = None if acts is None else jax.tree_util.tree_map(piece, acts)
             h_k = _chunk_input(h_all, j, k=k) if h_bm else piece(h_all)
-            return _chunk_input(xs_bm, j, k=k), ((h_k,), acts)
+            return _chunk_input(xs_bm, j, k=k), ((h_k,) + tuple(piece(r) for r in rest), acts)
 
-        dcarry, dhs = _tangent_chunks(ops, params, dparams, get, (idx, m_k, dxs_k, starts), dc0, unroll)
+        dcarry, dhs = _tangent_chunks(ops, params, dparams, get, (idx, m_k, dxs_k, starts), dc0, t_unroll)
         return dcarry, dhs.reshape((t, b, hs))
 
     # Blocks: only each block's starting carry was kept. Recompute the block's carries,
@@ -143,7 +145,7 @@ def _tangent(ops: _Ops, cfg, params, xs, mask, saved, starts, dparams, dxs, dcar
         starts_s = tuple(jnp.concatenate([st[None], c[s - 1 : k - 1 : s]], axis=0) for st, c in zip(start_b, carries_b))
         inputs = ((piece(x_b), tuple(piece(c) for c in carries_b)), None if mm is None else piece(mm),
                   None if dx_b is None else piece(dx_b), starts_s)
-        return _tangent_chunks(ops, params, dparams, lambda ref: (ref[0], (ref[1], None)), inputs, dc, unroll)
+        return _tangent_chunks(ops, params, dparams, lambda ref: (ref[0], (ref[1], None)), inputs, dc, t_unroll)
 
     dcarry, dhs = lax.scan(jax.checkpoint(block, prevent_cse=False), dc0, (idx, m_k, dxs_k, starts))
     return dcarry, dhs.reshape((t, b, hs))
@@ -152,7 +154,7 @@ def _tangent(ops: _Ops, cfg, params, xs, mask, saved, starts, dparams, dxs, dcar
 @functools.partial(jax.custom_jvp, nondiff_argnums=(0, 1))
 def _recurrence(kind: str, cfg, params, xs, mask, carry0):
     """``(carry_T, hs)`` of cell ``kind`` over time-major ``xs: (T, B, I)``; T % K == 0."""
-    k, unroll, _ = cfg
+    k, unroll = cfg[:2]
     carry, (hs, _) = _forward(_OPS[kind], params, xs, mask, carry0, k, unroll, "h")
     return carry, hs.reshape(xs.shape[:2] + hs.shape[-1:])
 
@@ -161,11 +163,11 @@ def _recurrence_jvp(kind: str, cfg, primals, tangents):
     params, xs, mask, carry0 = primals
     dparams, dxs, _, dcarry0 = tangents
     ops = _OPS[kind]
-    k, unroll, save = cfg
+    k, unroll, save, _ = cfg
     flat = lambda a: a.reshape(xs.shape[:1] + a.shape[2:])  # noqa: E731  (n, K, ...) -> (T, ...)
     if save == "acts" and ops.inplace:
-        carry, hs_bm, acts, starts = _forward_inplace(ops, params, xs, mask, carry0, k, unroll)
-        hs, saved = jnp.swapaxes(hs_bm, 0, 1), ((hs_bm,), acts, True)
+        carry, carries, acts, starts = _forward_inplace(ops, params, xs, mask, carry0, k, unroll)
+        hs, saved = jnp.swapaxes(carries[0], 0, 1), (carries, acts, True)
     else:
         keep = "acts" if save == "acts" else "h"
         carry, (out, starts) = _forward(ops, params, xs, mask, carry0, k, unroll, keep)

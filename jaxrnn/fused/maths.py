@@ -56,6 +56,7 @@ class _Ops(NamedTuple):
     tangent(w_hT, coef_t, dcarry, dxp_t, dhx_t) -> dcarry'  the (linear) tangent step;
       ``w_hT = W_h^T`` and the step computes ``dh W_h`` as :func:`_rec`
     recover(acts, start, hs, mask) -> carries of a chunk from its outputs ``hs`` and gates
+      (used where the forward kept only ``h``)
     n_carry: 1 or 2
     split_rec: the recurrent tangent ``dhx`` is kept apart from ``dxp`` (GRU)
     inplace: the first part of ``acts`` is as wide as ``x W_x`` (LSTM, GRU), see
@@ -150,7 +151,8 @@ def _lstm_tangent(w_hT, coef_t, dcarry, dxp_t, dhx_t):
 def _lstm_recover(acts, start, hs, mask):
     """The cell states of a chunk from its gates: ``c_t = f_t c_{t-1} + i_t g_t``.
 
-    Only ``h`` is kept per step; ``c`` is rebuilt in the backward pass by this
+    For ``remat="step"`` (the default mode keeps ``c``): only ``h`` is kept per step;
+    the gates are recomputed per chunk and ``c`` is rebuilt in the backward pass by this
     elementwise recurrence (no matrix product), which saves ``H`` numbers per step. The
     chunk is short, so the recurrence is unrolled in Python with static slices (XLA
     vectorises those; a dynamically indexed loop is several times slower here).

@@ -14,7 +14,8 @@ Array = jax.Array
 
 from jaxrnn.fused.maths import _Ops, _mm
 
-#: Target chunk length ``K`` for ``remat=None`` and ``remat="step"``.
+#: Target chunk length ``K`` for ``remat=None`` and ``remat="step"`` on the CPU (the
+#: ``"cpu"`` row of :data:`PLATFORM_CONFIG`); also the piece length of remat blocks.
 DEFAULT_CHUNK = 8
 
 
@@ -25,8 +26,56 @@ DEFAULT_CHUNK = 8
 #: 125 us, close to the cost of the step's matrix product alone.
 STATIC_STEPS = 32
 
-#: Steps per iteration of the backward (tangent) loop when ``unroll`` is 1.
+#: Steps per iteration of the backward (tangent) loop when ``unroll`` is 1, on the CPU
+#: (the ``"cpu"`` row of :data:`PLATFORM_CONFIG`). A trade-off: within an iteration XLA
+#: fuses one step's elementwise ``dc`` (LSTM) update into the next step's consumers and
+#: computes it twice (more work, so one step per iteration does less), while every
+#: iteration costs a loop turn and a synchronisation of the threads of the per-step
+#: product (so on two cores two steps per iteration ran faster).
 TANGENT_UNROLL = 2
+
+#: Chunk length and backward-loop unroll of the fast path, per platform
+#: (``jax.Device.platform``: ``"cpu"``, ``"gpu"``, ``"tpu"``...), chosen when the call
+#: is traced (see :func:`platform_config`); a platform without a row takes ``"cpu"``'s.
+#:
+#: * ``chunk``: target chunk length ``K`` for ``remat=None`` / ``"step"`` (see
+#:   :func:`jaxrnn.fused.chunk_length`). The forward steps of a chunk are unrolled, so
+#:   a larger ``K`` means more steps per loop iteration and a longer program.
+#: * ``tangent_unroll``: steps per iteration of the backward loop (the ``unroll`` of its
+#:   ``lax.scan``); ``jr.unroll(..., unroll=n)`` raises it to ``n``.
+#:
+#: The ``"gpu"`` row is not measured yet: it equals the CPU row. A GPU launches a kernel
+#: per operation, so it likely wants more steps per loop iteration; ``benchmarks/gpu.py``
+#: times the LSTM training step over a few ``chunk`` / ``tangent_unroll`` values
+#: (its ``fast-path sweep`` rows) to fill this row from measurement. Change an entry in
+#: place (``PLATFORM_CONFIG["gpu"]["chunk"] = 16``) before a function is traced.
+PLATFORM_CONFIG = {
+    "cpu": {"chunk": DEFAULT_CHUNK, "tangent_unroll": TANGENT_UNROLL},
+    "gpu": {"chunk": DEFAULT_CHUNK, "tangent_unroll": TANGENT_UNROLL},
+}
+
+
+def current_platform(*arrays) -> str:
+    """The platform the fast path is traced for: that of the first of ``arrays`` that is a
+    concrete array on one device, else of JAX's default backend (inside ``jax.jit`` the
+    arrays are tracers, and the computation runs on the default backend unless the
+    jitted function was given another device)."""
+    for a in arrays:
+        if isinstance(a, jax.Array) and not isinstance(a, jax.core.Tracer):
+            try:
+                devices = a.devices()
+            except Exception:  # noqa: BLE001 - a deleted or otherwise unusable array: ask the backend
+                break
+            if len(devices) >= 1:
+                return next(iter(devices)).platform
+    return jax.default_backend()
+
+
+def platform_config(platform: str | None = None) -> dict:
+    """``{"chunk": K, "tangent_unroll": n}`` for ``platform`` (default: :func:`current_platform`),
+    from :data:`PLATFORM_CONFIG`; a platform without a row gets the ``"cpu"`` row."""
+    platform = current_platform() if platform is None else platform
+    return dict(PLATFORM_CONFIG.get(platform, PLATFORM_CONFIG["cpu"]))
 
 
 def _unstack(a: Array | None, n: int):
@@ -127,8 +176,10 @@ def _forward_inplace(ops: _Ops, params, xs, mask, carry, k: int, unroll: int):
     gates kept for the backward pass take no memory beyond the projection's and no
     zero-filled output buffers or per-chunk copies are needed. The outputs ``h_t`` are
     written batch-major, ``hs: (B, T, H)``, the layout ``jr.unroll`` returns, so no
-    transposed copy of them is made. Also records the carry at the start of every chunk
-    of ``k`` steps. Returns ``(carry, hs, acts, starts)``.
+    transposed copy of them is made; the other carry parts (the LSTM's ``c_t``) go to
+    time-major ``(T, B, .)`` buffers, so the backward pass does not rebuild them. Also
+    records the carry at the start of every chunk of ``k`` steps. Returns
+    ``(carry, carries, acts, starts)`` with ``carries = (hs,) + the other parts``.
     """
     t_len, b = xs.shape[:2]
     n = t_len // k
@@ -142,6 +193,10 @@ def _forward_inplace(ops: _Ops, params, xs, mask, carry, k: int, unroll: int):
     acts_leaves, acts_def = jax.tree_util.tree_flatten(jax.eval_shape(lambda: ops.step(w_h, b_hn, carry, x0)[1]))
     side = [jnp.zeros((t_len,) + a.shape, a.dtype) for a in acts_leaves[1:]]
 
+    # The carry parts after the first (the LSTM's c), time-major, one side buffer each.
+    rest = [jnp.zeros((t_len,) + c.shape, c.dtype) for c in carry[1:]]
+    n_side = 1 + len(side)
+
     def outer(i, st):
         c, bufs, starts = st
         starts = tuple(lax.dynamic_update_index_in_dim(a, v, i, 0) for a, v in zip(starts, c))
@@ -153,14 +208,16 @@ def _forward_inplace(ops: _Ops, params, xs, mask, carry, k: int, unroll: int):
         def inner(c, inp):
             x_t, m_t = inp
             new, acts = ops.step(w_h, b_hn, c, x_t + bias)
-            return _select(m_t, new, c), (jax.tree_util.tree_leaves(acts), new[0])
+            new = _select(m_t, new, c)
+            return new, (jax.tree_util.tree_leaves(acts) + list(new[1:]), new[0])
 
         c, (acts, h_k) = _loop(inner, c, (x_k, m_k), k, unroll)
         out = [lax.dynamic_update_slice_in_dim(u, v, i * k, axis=0) for u, v in zip(bufs[:-1], acts)]
         return c, out + [lax.dynamic_update_slice_in_dim(bufs[-1], jnp.swapaxes(h_k, 0, 1), i * k, axis=1)], starts
 
-    carry, bufs, starts = lax.fori_loop(0, n, outer, (carry, [buf] + side + [hs], starts))
-    return carry, bufs[-1], jax.tree_util.tree_unflatten(acts_def, bufs[:-1]), starts
+    carry, bufs, starts = lax.fori_loop(0, n, outer, (carry, [buf] + side + rest + [hs], starts))
+    acts = jax.tree_util.tree_unflatten(acts_def, bufs[:n_side])
+    return carry, (bufs[-1],) + tuple(bufs[n_side:-1]), acts, starts
 
 
 def _sub_chunk(k: int) -> int:
