@@ -253,22 +253,31 @@ def language_model(
                 f"got {shape_str(params['out']['w'].shape)}"
             )
 
-    def _logits(params, y):
+    def _output_layer(params):
+        """``(w, b)`` of the output layer (``w = E^T`` when tied)."""
         out = params["out"]
-        w = params["embed"]["table"].T if tie else out["w"]
-        return y @ w + out["b"]
+        return (params["embed"]["table"].T if tie else out["w"]), out["b"]
+
+    def _logits(params, y):
+        w, b = _output_layer(params)
+        return y @ w + b
+
+    def _features(params, carry, tokens, key):
+        """Embedding, recurrent stack and dropout: what the output layer reads."""
+        k_in = k_net = k_out = None
+        if key is not None and dropout > 0.0:
+            k_in, k_net, k_out = jax.random.split(key, 3)
+        x = _dropout(emb.apply(params["embed"], tokens), dropout, k_in)
+        carry, ys = unroll(net, params["rnn"], x, carry, key=k_net)
+        return carry, _dropout(ys, dropout, k_out)
 
     def apply(params: dict, carry, tokens: Array, key: Array | None = None):
         _check(params)
         check_integer("tokens", tokens)
         if tokens.ndim != 2:
             raise ValueError(f"tokens must have shape (batch, time), got {shape_str(tokens.shape)}")
-        k_in = k_net = k_out = None
-        if key is not None and dropout > 0.0:
-            k_in, k_net, k_out = jax.random.split(key, 3)
-        x = _dropout(emb.apply(params["embed"], tokens), dropout, k_in)
-        carry, ys = unroll(net, params["rnn"], x, carry, key=k_net)
-        return carry, _logits(params, _dropout(ys, dropout, k_out))
+        carry, ys = _features(params, carry, tokens, key)
+        return carry, _logits(params, ys)
 
     ce_rows = max(1, CE_LOGITS // vocab_size)
     built_remat = remat
@@ -284,19 +293,16 @@ def language_model(
             raise ValueError(f"y must have the shape of x, {shape_str(x.shape)}, got {shape_str(y.shape)}")
         if carry is None:
             carry = initial_carry(x.shape[0], params["embed"]["table"].dtype)
-        out = params["out"]
-        w = params["embed"]["table"].T if tie else out["w"]
+        w, b = _output_layer(params)
 
         def block(c, xy, start):
             x_b, y_b = xy
-            k_in = k_net = k_out = None
-            if key is not None and dropout > 0.0:
-                k_in, k_net, k_out = jax.random.split(key if remat is None else jax.random.fold_in(key, start), 3)
-            e = _dropout(emb.apply(params["embed"], x_b), dropout, k_in)
-            c, ys = unroll(net, params["rnn"], e, c, key=k_net)
-            ys = _dropout(ys, dropout, k_out)
+            k_b = key
+            if key is not None and dropout > 0.0 and remat is not None:
+                k_b = jax.random.fold_in(key, start)
+            c, ys = _features(params, c, x_b, k_b)
             chunk = None if remat is None else ce_rows
-            return c, affine_cross_entropy(ys, w, out["b"], y_b, reduction="sum", chunk=chunk)
+            return c, affine_cross_entropy(ys, w, b, y_b, reduction="sum", chunk=chunk)
 
         return reduce_blocks(block, carry, (x, y), remat=remat)
 
