@@ -93,7 +93,7 @@ from jax.experimental import rnn as _rnn
 from jaxrnn._checks import check_floating, check_integer, check_rank, concrete_values, shape_str
 from jaxrnn.cells import Cell, check_carry, check_params, is_builtin
 from jaxrnn.layers import dropout as _dropout
-from jaxrnn.unroll import Bidirectional, Stack, _check_stack_args
+from jaxrnn.unroll import Bidirectional, Stack, _check_stack_args, _check_unroll
 
 Array = jax.Array
 
@@ -398,8 +398,7 @@ def unroll(cell: Any, params: Any, xs: Array, carry: Any = None, *, lengths: Arr
     check_rank("xs", xs, (2, 3), "((batch, time, features), (time, batch, features) with time_major=True, "
                "or (time, features) unbatched)")
     check_floating("xs", xs)
-    if isinstance(unroll, bool) or not isinstance(unroll, int) or unroll < 1:
-        raise ValueError(f"unroll must be a positive int, got {unroll!r}")
+    _check_unroll(unroll)
     batched = xs.ndim == 3
     x = (jnp.swapaxes(xs, 0, 1) if time_major else xs) if batched else xs[None]
     batch, steps = x.shape[0], x.shape[1]

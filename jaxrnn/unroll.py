@@ -208,6 +208,11 @@ def _check_lengths(lengths: Any, batch: tuple[int, ...], steps: int) -> None:
             raise ValueError(f"lengths must lie in [0, {steps}] (the time length of xs), got values in [{lo}, {hi}]")
 
 
+def _check_unroll(unroll: Any) -> None:
+    if isinstance(unroll, bool) or not isinstance(unroll, int) or unroll < 1:
+        raise ValueError(f"unroll must be a positive int, got {unroll!r}")
+
+
 def check_remat(remat: Any) -> Any:
     """Return ``remat`` if it is ``None``, ``"step"``, ``"sqrt"`` or a positive int; else
     raise a ``ValueError`` naming ``remat``, what it takes and what was given."""
@@ -515,8 +520,7 @@ def unroll(
             return out
     _check_module(cell, "cell")
     _check_xs(xs, time_major)
-    if isinstance(unroll, bool) or not isinstance(unroll, int) or unroll < 1:
-        raise ValueError(f"unroll must be a positive int, got {unroll!r}")
+    _check_unroll(unroll)
     _block_length(remat, 1)  # validate early
     batched = xs.ndim == 3
     xs_tm = xs if (time_major or not batched) else jnp.swapaxes(xs, 0, 1)
@@ -721,8 +725,7 @@ def unroll_readout(
     _check_module(cell, "cell")
     _check_blockwise(cell)
     _check_xs(xs, False)
-    if isinstance(unroll, bool) or not isinstance(unroll, int) or unroll < 1:
-        raise ValueError(f"unroll must be a positive int, got {unroll!r}")
+    _check_unroll(unroll)
     _block_length(remat, 1)  # validate early
     if not callable(readout):
         raise TypeError(f"readout must be a function readout(ys, targets, mask), got {type(readout).__name__}")
