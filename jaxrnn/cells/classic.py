@@ -34,9 +34,9 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from jaxrnn._checks import as_key, check_array, check_floating, shape_str
-from jaxrnn.cells._layout import guess
-from jaxrnn.cells.protocol import Cell, _batch_shape, _check_hidden_size, _check_input_size
+from jaxrnn._checks import check_array, check_floating, shape_str
+from jaxrnn.cells._layout import check_init_args, guess, lecun_normal
+from jaxrnn.cells.protocol import Cell, _batch_shape, _check_hidden_size
 
 Array = jax.Array
 Params = dict
@@ -166,16 +166,12 @@ def _make_init(kind: str, hidden_size: int, forget_bias: float = 0.0):
     h = hidden_size
 
     def init(key: Array, input_size: int, dtype=jnp.float32) -> Params:
-        key = as_key(key)
-        _check_input_size(input_size)
-        if not jnp.issubdtype(jnp.dtype(dtype), jnp.floating):
-            raise TypeError(f"dtype must be a floating dtype, got {jnp.dtype(dtype)}")
-        k_x, k_h = jax.random.split(key)
-        w_x = jax.random.normal(k_x, (input_size, g * h), jnp.float32) / jnp.sqrt(input_size)
+        k_x, k_h = jax.random.split(check_init_args(key, input_size, dtype))
         b = jnp.zeros((g * h,), jnp.float32)
         if kind == "lstm":
             b = b.at[h : 2 * h].set(forget_bias)
-        params = {"w_x": w_x.astype(dtype), "w_h": _orthogonal_blocks(k_h, h, g, dtype), "b": b.astype(dtype)}
+        params = {"w_x": lecun_normal(k_x, input_size, g * h, dtype), "w_h": _orthogonal_blocks(k_h, h, g, dtype),
+                  "b": b.astype(dtype)}
         if kind == "gru":
             params["b_hn"] = jnp.zeros((h,), dtype)
         return params

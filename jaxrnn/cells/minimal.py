@@ -42,9 +42,10 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from jaxrnn._checks import as_key, check_array, check_floating, shape_str
+from jaxrnn._checks import check_array, check_floating, shape_str
+from jaxrnn.cells._layout import check_init_args, lecun_normal
 from jaxrnn.cells.classic import _check_x, _guess_kind
-from jaxrnn.cells.protocol import Cell, LogLinear, _batch_shape, _check_hidden_size, _check_input_size, linear_space
+from jaxrnn.cells.protocol import Cell, LogLinear, _batch_shape, _check_hidden_size, linear_space
 
 Array = jax.Array
 Params = dict
@@ -118,12 +119,9 @@ def _make_cell(kind: str, hidden_size: int, log_space: bool, coefficients) -> Ce
     n_blocks = MINIMAL[kind]
 
     def init(key: Array, input_size: int, dtype=jnp.float32) -> Params:
-        key = as_key(key)
-        _check_input_size(input_size)
-        if not jnp.issubdtype(jnp.dtype(dtype), jnp.floating):
-            raise TypeError(f"dtype must be a floating dtype, got {jnp.dtype(dtype)}")
-        w_x = jax.random.normal(key, (input_size, n_blocks * h_size), jnp.float32) / jnp.sqrt(input_size)
-        return {"w_x": w_x.astype(dtype), "b": jnp.zeros((n_blocks * h_size,), dtype)}
+        key = check_init_args(key, input_size, dtype)
+        return {"w_x": lecun_normal(key, input_size, n_blocks * h_size, dtype),
+                "b": jnp.zeros((n_blocks * h_size,), dtype)}
 
     def initial_carry(batch_size: Any = None, dtype=jnp.float32) -> Array:
         return jnp.zeros(_batch_shape(batch_size) + (h_size,), dtype)
