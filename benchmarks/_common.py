@@ -121,6 +121,10 @@ def machine_info() -> dict:
         "jax_backend": jax.default_backend(),
         "devices": [str(d) for d in jax.devices()],
         "XLA_FLAGS": os.environ.get("XLA_FLAGS", ""),
+        # The C allocator's settings change how often a step's buffers are mapped and
+        # faulted in afresh (see docs/performance.md, "Page faults"); record them.
+        "allocator_env": " ".join(f"{k}={v}" for k, v in sorted(os.environ.items())
+                                  if k.startswith("MALLOC_") or k in ("GLIBC_TUNABLES", "LD_PRELOAD")),
     }
     # The same versions, as the nested dict the LM, scaling and horizon reports read.
     info["versions"] = {"python": info["python"],
@@ -140,7 +144,7 @@ def header_markdown(title: str, info: dict, command: str) -> str:
     """A markdown header: title, command line, and the machine/version table."""
     lines = [f"# {title}", "", f"Command: `{command}`", "", "| | |", "|---|---|"]
     for key in ("date", "cpu", "cores", "load_average_1_5_15", "platform", "python", "jax", "jaxlib", "optax",
-                "torch", "torch_threads", "torch_mkldnn", "flax", "jax_backend", "XLA_FLAGS"):
+                "torch", "torch_threads", "torch_mkldnn", "flax", "jax_backend", "XLA_FLAGS", "allocator_env"):
         if key in info and info[key] not in (None, ""):
             lines.append(f"| {key} | {info[key]} |")
     return "\n".join(lines) + "\n"

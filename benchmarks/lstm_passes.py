@@ -10,7 +10,16 @@ interleaved rounds:
 * ``forward+backward``: the whole gradient. jaxrnn: ``jax.grad(loss, (params, x))``;
   PyTorch: ``loss.backward()`` (gradients of the weights and the inputs).
 
-The backward time is the difference of the two medians. Each competitor's rounds also
+The backward time is the difference of the two medians. The script also times the
+matrix products of jaxrnn's gradient on their own (``products``: each shape in a
+``lax.fori_loop``, the per-step ones as a dependent chain), which gives the time the
+gradient cannot go below with XLA's products on this machine:
+
+* the input projection ``(T B, I) @ (I, 4H)``, once;
+* the recurrent products ``(B, H) @ (H, 4H)`` forward and ``(B, 4H) @ (4H, H)`` backward,
+  ``T`` of each, one after the other;
+* per chunk of ``K`` steps (the fast path's chunk length), the weight gradient
+  ``(I + H, K B) @ (K B, 4H)`` and the input gradient ``(K B, 4H) @ (4H, I)``. Each competitor's rounds also
 record the cores it kept busy (CPU seconds of all the process's threads / wall
 seconds; the kernel accounts CPU time in ticks, so this is rough for calls of a few
 milliseconds, as in ``--quick``). ``--one-core`` pins the whole process to one CPU first (every thread of both
@@ -23,7 +32,8 @@ Usage::
     python benchmarks/lstm_passes.py --one-core       # the same, pinned to one CPU
     python benchmarks/lstm_passes.py --quick          # 3 rounds, a small shape
 
-Writes ``lstm_passes.{md,json}`` (``_one_core`` and ``_quick`` appended as they apply)
+Writes ``lstm_passes.{md,json}`` (``_B.._T.._I.._H..`` for another ``--shape``, ``_one_core``
+and ``_quick`` appended as they apply)
 to ``--out`` (default ``benchmarks/results``). PyTorch is optional: without it only
 jaxrnn is timed.
 """
@@ -72,6 +82,54 @@ def jax_runners(B, T, I, H):
     grad = jax.jit(jax.grad(loss, argnums=(0, 1)))
     return {"jaxrnn forward": timer(lambda: forward(params, x), jax.block_until_ready),
             "jaxrnn forward+backward": timer(lambda: grad(params, x), jax.block_until_ready)}
+
+
+def product_times(B, T, I, H, reps=5):
+    """Seconds of each matrix product of jaxrnn's LSTM gradient, timed alone (median of
+    ``reps`` calls of a jitted ``fori_loop`` over as many products as the gradient runs):
+    ``{name: (seconds, GFLOP, count)}``."""
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+    from jax import lax
+
+    from jaxrnn import fused
+
+    k = fused.chunk_length(T)
+    n_chunks = -(-T // k)
+    key = jax.random.key(1)
+    w = jax.random.normal(key, (H, 4 * H)) / np.sqrt(H)
+    w_t = jnp.asarray(w.T)  # what the backward loop multiplies by (fused.maths._rec)
+
+    def chain(h0, step, n):  # n dependent products: the recurrence's serial order
+        return jax.jit(lambda h: lax.fori_loop(0, n, lambda i, h: step(h), h0 * 0 + h))
+
+    def repeat(a, b, n):  # n independent products of the same shapes (accumulated)
+        acc = jnp.zeros((a.shape[0], b.shape[1]), a.dtype)
+        return jax.jit(lambda a, b: lax.fori_loop(0, n, lambda i, acc: acc + (a * (1 + i * 1e-7)) @ b, acc))
+
+    cases = {
+        "input projection (T B, I) @ (I, 4H)": (repeat, (T * B, I), (I, 4 * H), 1),
+        "forward recurrent (B, H) @ (H, 4H)": ("fwd", None, None, T),
+        "backward recurrent (B, 4H) @ (4H, H)": ("bwd", None, None, T),
+        f"weight gradient (I + H, K B) @ (K B, 4H), K = {k}": (repeat, (I + H, k * B), (k * B, 4 * H), n_chunks),
+        "input gradient (K B, 4H) @ (4H, I)": (repeat, (k * B, 4 * H), (4 * H, I), n_chunks),
+    }
+    out = {}
+    for name, (kind, sa, sb, n) in cases.items():
+        if kind == "fwd":
+            f = chain(jnp.ones((B, H)), lambda h: jnp.tanh((h @ w)[:, :H]), n)
+            args, flops = (jnp.ones((B, H)),), 2 * B * H * 4 * H
+        elif kind == "bwd":
+            f = chain(jnp.ones((B, 4 * H)), lambda d: jnp.tile(jnp.tanh(d @ w_t), (1, 4)), n)
+            args, flops = (jnp.ones((B, 4 * H)),), 2 * B * 4 * H * H
+        else:
+            a, b = jax.random.normal(key, sa), jax.random.normal(key, sb)
+            f, args, flops = kind(a, b, n), (a, b), 2 * sa[0] * sa[1] * sb[1]
+        run = timer(lambda: f(*args), jax.block_until_ready)
+        run(2)
+        out[name] = (float(np.median([run(1) for _ in range(reps)])), n * flops / 1e9, n)
+    return out
 
 
 def torch_runners(B, T, I, H, threads):
@@ -132,18 +190,35 @@ def main(argv=None):
     for fw, p in passes.items():
         md += (f"| {fw} | {p['forward_ms']:.2f} | {p['forward_backward_ms']:.2f} | {p['backward_ms']:.2f} | "
                f"{p['cores_busy_forward']:.2f} / {p['cores_busy_forward_backward']:.2f} |\n")
+    products = product_times(B, T, I, H, reps=3 if args.quick else 7)
+    floor_ms = 1e3 * sum(v[0] for v in products.values())
+    md += ("\nThe matrix products of jaxrnn's gradient, each timed on its own (median of "
+           f"{3 if args.quick else 7} calls; the per-step ones as a dependent chain with a tanh between):\n\n"
+           "| product | count | ms | GFLOP | GFLOP/s |\n|---|---:|---:|---:|---:|\n")
+    for name, (sec, gflop, n) in products.items():
+        md += f"| {name} | {n} | {1e3 * sec:.2f} | {gflop:.3f} | {gflop / sec:.0f} |\n"
+    total_gflop = sum(v[1] for v in products.values())
+    md += (f"| all | | **{floor_ms:.2f}** | {total_gflop:.3f} | {total_gflop / floor_ms * 1e3:.0f} |\n\n"
+           f"jaxrnn's gradient took {passes['jaxrnn']['forward_backward_ms']:.2f} ms, "
+           f"{passes['jaxrnn']['forward_backward_ms'] / floor_ms:.2f}x the products' time alone.\n")
     if "PyTorch" in passes:
         j, t = passes["jaxrnn"], passes["PyTorch"]
         md += (f"\njaxrnn / PyTorch time: forward {j['forward_ms'] / t['forward_ms']:.2f}, backward "
                f"{j['backward_ms'] / t['backward_ms']:.2f}, whole gradient "
                f"{j['forward_backward_ms'] / t['forward_backward_ms']:.2f} (per-round ratios of the whole gradient: "
                f"{res['PyTorch forward+backward']['ratio_max'] ** -1:.2f}-{res['PyTorch forward+backward']['ratio_min'] ** -1:.2f}).\n")
+        md += (f"PyTorch's gradient took {t['forward_backward_ms'] / floor_ms:.2f}x the time of XLA's products alone; "
+               f"0.85x PyTorch's time would be {0.85 * t['forward_backward_ms'] / floor_ms:.2f}x it.\n")
     else:
         md += "\nPyTorch is not installed: only jaxrnn was timed.\n"
-    name = "lstm_passes" + ("_one_core" if args.one_core else "") + ("_quick" if args.quick else "")
+    shape_tag = "" if args.quick or (B, T, I, H) == (32, 64, 64, 256) else f"_B{B}_T{T}_I{I}_H{H}"
+    name = "lstm_passes" + shape_tag + ("_one_core" if args.one_core else "") + ("_quick" if args.quick else "")
     md_path, _ = write_results(name, md, {"machine": info, "command": command_line(), "shape": [B, T, I, H],
                                           "rounds": rounds, "reps": args.reps, "one_core": args.one_core,
-                                          "passes": passes, "timings": res}, args.out)
+                                          "passes": passes, "timings": res,
+                                          "products": {k: {"seconds": v[0], "gflop": v[1], "count": v[2]}
+                                                       for k, v in products.items()},
+                                          "products_ms": floor_ms}, args.out)
     print(md)
     print(f"wrote {md_path}")
     return 0
