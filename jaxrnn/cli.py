@@ -5,7 +5,7 @@
     jaxrnn train [--corpus PATH] [--level char|word] [--format text|ptb]
                  [--cell lstm|gru|rnn|rnn_relu|lstmp|lnlstm|lngru|mgu|indrnn|mingru|minlstm] [--proj-size P]
                  [--layers N] [--hidden H] [--embed E] [--dropout P] [--tie] [--remat none|step|sqrt|K]
-                 [--batch-size B] [--seq-len T] [--steps N | --epochs N]
+                 [--backend xla|cudnn|auto] [--batch-size B] [--seq-len T] [--steps N | --epochs N]
                  [--optimizer adam|sgd] [--lr LR] [--clip C] [--seed S] [--eval-every N]
                  [--checkpoint-every N] [--max-skips N] [--out DIR] [--resume] [--devices N]
     jaxrnn eval --run DIR [--split valid|test]
@@ -66,7 +66,7 @@ TRAIN_DEFAULTS: dict[str, Any] = {
     "batch_size": 32, "seq_len": 64, "steps": None, "epochs": None,
     "optimizer": "adam", "lr": None, "clip": 5.0, "seed": 0, "eval_every": None,
     "eval_batch_size": None, "sample_length": None, "temperature": 0.8,
-    "checkpoint_every": None, "max_skips": 10, "remat": None,
+    "checkpoint_every": None, "max_skips": 10, "remat": None, "backend": "xla",
 }
 DEFAULT_STEPS = 800
 DEFAULT_LR = {"adam": 2e-3, "sgd": 1.0}
@@ -74,7 +74,8 @@ DEFAULT_LR = {"adam": 2e-3, "sgd": 1.0}
 # keep them (steps, epochs, eval_every and the sample settings may change). --corpus may
 # point elsewhere (a moved file) if its vocabulary and length match the checkpoint's.
 # --remat may change too: it changes the memory of a step, not the model (the values
-# agree to float tolerance; with --dropout the masks drawn after the resume differ).
+# agree to float tolerance; with --dropout the masks drawn after the resume differ). So
+# may --backend: it changes how the recurrence runs, not the model or its parameters.
 _FIXED_ON_RESUME = ("level", "format", "max_vocab", "cell", "proj_size", "layers", "hidden", "embed", "dropout",
                     "tie", "batch_size", "seq_len", "optimizer", "lr", "clip", "seed")
 
@@ -84,6 +85,8 @@ _FIXED_ON_RESUME = ("level", "format", "max_vocab", "cell", "proj_size", "layers
 CELLS = ("lstm", "gru", "rnn", "rnn_relu", "lstmp", "lnlstm", "lngru", "mgu", "indrnn", "mingru", "minlstm")
 #: The ``--cell`` names that take ``--proj-size`` (``jaxrnn.cells.PROJECTED``).
 PROJECTED = ("lstmp",)
+#: The ``--backend`` names (``jaxrnn.cudnn.BACKENDS``; a test keeps the two equal).
+BACKENDS = ("xla", "cudnn", "auto")
 
 
 class CLIError(Exception):
@@ -125,6 +128,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--remat", default=S, metavar="MODE", help="what the backward pass keeps: none (everything, the "
                    "default), step (each step's carry), sqrt (a carry every ~sqrt(T) steps) or an int K (every K "
                    "steps); with a mode set no (batch, T, vocab) logits are kept (see jaxrnn.lm)")
+    t.add_argument("--backend", default=S, metavar="NAME", help="how the recurrence runs: xla (the default), cudnn "
+                   "(--cell lstm on a CUDA GPU, through cuDNN's LSTM) or auto (cuDNN where it can run, else xla); "
+                   "see jaxrnn.cudnn")
     t.add_argument("--batch-size", type=int, default=S, metavar="B", help=f"streams per batch (default {d['batch_size']})")
     t.add_argument("--seq-len", type=int, default=S, metavar="T", help=f"TBPTT segment length (default {d['seq_len']})")
     g = t.add_mutually_exclusive_group()
@@ -192,8 +198,13 @@ def _positive(name: str, v, allow_none: bool = False):
     return _checked(_validate.positive_int, _flag(name), v)
 
 
-def _resolve(cfg: dict) -> dict:
-    """Fill derived defaults and check values (finite, in range, named as flags); returns a new dict."""
+def _resolve(cfg: dict, for_training: bool = True) -> dict:
+    """Fill derived defaults and check values (finite, in range, named as flags); returns a new dict.
+
+    ``for_training=False`` (``eval`` and ``generate`` of a saved run): a run trained with
+    ``--backend cudnn`` is read on a machine without a CUDA GPU with ``auto`` instead (the
+    same model and values, on the XLA path).
+    """
     cfg = dict(cfg)
     if cfg["optimizer"] not in DEFAULT_LR:
         raise CLIError(f"--optimizer must be one of {sorted(DEFAULT_LR)}, got {cfg['optimizer']!r}")
@@ -213,6 +224,7 @@ def _resolve(cfg: dict) -> dict:
     cfg["seed"] = _checked(_validate.non_negative_int, "--seed", cfg["seed"])
     cfg["remat"] = _remat(cfg["remat"])
     cfg["proj_size"] = _proj_size(cfg["cell"], cfg["proj_size"], cfg["hidden"])
+    cfg["backend"] = _backend(cfg.get("backend"), cfg["cell"], for_training)
     if cfg["corpus"] is not None:
         cfg["corpus"] = os.path.abspath(cfg["corpus"])
     return cfg
@@ -231,6 +243,29 @@ def _remat(v):
     if isinstance(text, int) and not isinstance(text, bool) and text >= 1:
         return text
     raise CLIError(f"--remat must be none, step, sqrt or a positive int block length, got {v!r}")
+
+
+def _backend(v, cell: str, for_training: bool = True) -> str:
+    """``--backend``, checked against ``--cell`` and this machine (a saved config from
+    before the flag existed has none: ``xla``)."""
+    backend = "xla" if v is None else (v.strip().lower() if isinstance(v, str) else v)
+    if backend not in BACKENDS:
+        raise CLIError(f"--backend must be one of {', '.join(BACKENDS)}, got {v!r}")
+    if backend == "cudnn":
+        if cell != "lstm":
+            raise CLIError(f"--backend cudnn runs --cell lstm only (cuDNN's LSTM), got --cell {cell}; "
+                           "--backend auto takes cuDNN where it can and xla elsewhere")
+        from jaxrnn import cudnn
+
+        if not cudnn.available():
+            import jax
+
+            if not for_training:
+                return "auto"
+
+            raise CLIError(f"--backend cudnn needs a CUDA GPU, but JAX's default backend here is "
+                           f"{jax.default_backend()!r}; use --backend xla or auto")
+    return backend
 
 
 def _proj_size(cell: str, proj_size, hidden: int):
@@ -276,7 +311,7 @@ def _model(cfg: dict, vocab_size: int):
     from jaxrnn import lm
 
     args = (vocab_size, cfg["cell"], cfg["hidden"], cfg["embed"], cfg["layers"], float(cfg["dropout"]),
-            bool(cfg["tie"]), cfg.get("remat"), cfg.get("proj_size"))
+            bool(cfg["tie"]), cfg.get("remat"), cfg.get("proj_size"), cfg.get("backend") or "xla")
     return _cached(("model",) + args, lambda: lm.language_model(*args))
 
 
@@ -399,7 +434,7 @@ def _load_run(run: str):
     for p in (cfg_path, ckpt_path):
         if not os.path.exists(p):
             raise CLIError(f"{run!r} is not a finished or interrupted jaxrnn run: {os.path.basename(p)} is missing")
-    cfg = _resolve(_saved_config(cfg_path))
+    cfg = _resolve(_saved_config(cfg_path), for_training=False)
     _, meta = checkpoint.load(ckpt_path)
     info = meta.get("metadata", {})
     vocab = Vocabulary.from_dict(info["vocab"])
@@ -562,7 +597,8 @@ def _train(args: argparse.Namespace) -> int:
     n_params = sum(int(np.prod(a.shape)) for a in jax.tree_util.tree_leaves(state.params))
     _say(f"model: {cfg['layers']} x {_cell_title(cfg)}, embed {cfg['embed']}, vocabulary "
          f"{vocab.size}, dropout {cfg['dropout']}, tie {cfg['tie']}"
-         + (f", remat {cfg['remat']}" if cfg["remat"] is not None else "") + f": {n_params:,} parameters")
+         + (f", remat {cfg['remat']}" if cfg["remat"] is not None else "")
+         + (f", backend {cfg['backend']}" if cfg["backend"] != "xla" else "") + f": {n_params:,} parameters")
     _say(f"training: {total} steps of {B} x {T} tokens, {cfg['optimizer']} lr {cfg['lr']}, clip {cfg['clip']}, "
          f"validation every {eval_every} steps -> {out}"
          + (f", data-parallel over {args.devices} devices" if mesh is not None else ""))

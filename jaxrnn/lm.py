@@ -68,6 +68,7 @@ import numpy as np
 
 from jaxrnn._checks import as_key, check_integer, shape_str
 from jaxrnn.cells import BUILTIN, PROJECTED, check_cell, from_name
+from jaxrnn.cudnn import BACKENDS
 from jaxrnn.layers import dropout as _dropout
 from jaxrnn.layers import affine_cross_entropy, embedding, softmax_cross_entropy
 from jaxrnn.unroll import Stack, check_remat, reduce_blocks, stack, unroll
@@ -126,16 +127,19 @@ class LanguageModel(NamedTuple):
     proj_size: int | None = None
     nll_sum: Callable | None = None
     remat: Any = None
+    backend: str = "xla"
 
     def config(self) -> dict:
         """The hyper-parameters as a dict; ``language_model(**config)`` rebuilds the model.
         JSON-able when the cell was given by name. ``proj_size`` and ``remat`` are there
-        only when set."""
+        only when set, ``backend`` only when it is not ``"xla"``."""
         out = {"vocab_size": self.vocab_size, "cell": self.cell, "hidden": self.hidden, "embed": self.embed,
                "layers": self.layers, "dropout": self.dropout, "tie": self.tie}
         for name in ("proj_size", "remat"):
             if getattr(self, name) is not None:
                 out[name] = getattr(self, name)
+        if self.backend != "xla":
+            out["backend"] = self.backend
         return out
 
 
@@ -148,6 +152,7 @@ def _positive_int(name: str, v: Any) -> int:
 def language_model(
     vocab_size: int, cell: Any = "lstm", hidden: int | None = None, embed: int = 64, layers: int = 1,
     dropout: float = 0.0, tie: bool = False, remat: Any = None, proj_size: int | None = None,
+    backend: str = "xla",
 ) -> LanguageModel:
     """Build an RNN language model.
 
@@ -177,6 +182,14 @@ def language_model(
         ``sqrt(T)``, memory growing like ``sqrt(T)``. See the module docstring.
       proj_size: for ``cell="lstmp"`` only: ``P`` in ``[1, hidden)``, the size of
         ``h`` and of each layer's outputs (default ``hidden // 2``).
+      backend: how the recurrent stack runs over a segment (``jr.unroll``'s
+        ``backend``, see :mod:`jaxrnn.cudnn`): ``"xla"`` (default), ``"cudnn"`` (an
+        LSTM stack through cuDNN on a CUDA GPU; raises there for what cuDNN cannot run,
+        e.g. another cell, bfloat16 or ``remat``... and on any other device) or
+        ``"auto"`` (cuDNN where it can run, XLA otherwise). With dropout, the masks
+        between layers and the outputs are the same on both paths for the same key.
+        :attr:`LanguageModel.step` (sampling, one token at a time) always runs the
+        cells' own step.
 
     Returns:
       A :class:`LanguageModel`.
@@ -212,6 +225,8 @@ def language_model(
     dropout = float(dropout)
     tie = bool(tie)
     remat = check_remat(remat)
+    if not isinstance(backend, str) or backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {list(BACKENDS)}, got {backend!r}")
     out_size = int(layer.hidden_size)  # what the output layer reads (proj_size for "lstmp")
     if tie and out_size != embed:
         what = "hidden" if out_size == hidden else "proj_size"
@@ -268,7 +283,7 @@ def language_model(
         if key is not None and dropout > 0.0:
             k_in, k_net, k_out = jax.random.split(key, 3)
         x = _dropout(emb.apply(params["embed"], tokens), dropout, k_in)
-        carry, ys = unroll(net, params["rnn"], x, carry, key=k_net)
+        carry, ys = unroll(net, params["rnn"], x, carry, key=k_net, backend=backend)
         return carry, _dropout(ys, dropout, k_out)
 
     def apply(params: dict, carry, tokens: Array, key: Array | None = None):
@@ -314,7 +329,7 @@ def language_model(
         return carry, _logits(params, y)
 
     return LanguageModel(init, initial_carry, apply, step, vocab_size, cell, hidden, embed, layers,
-                         dropout, tie, net, proj_size, nll_sum, remat)
+                         dropout, tie, net, proj_size, nll_sum, remat, backend)
 
 
 # --------------------------------------------------------------------------- training

@@ -255,6 +255,8 @@ def test_huge_perplexities_print_in_a_few_digits():
                                                    "makes the state smaller), got 16"),
         (["--cell", "lstmp", "--proj-size", "0"], "--proj-size must be a positive int, got 0"),
         (["--cell", "mgu", "--proj-size", "4"], "--proj-size is for --cell lstmp only, got --proj-size 4 with --cell mgu"),
+        (["--backend", "cuda"], "--backend must be one of xla, cudnn, auto, got 'cuda'"),
+        (["--cell", "gru", "--backend", "cudnn"], "--backend cudnn runs --cell lstm only (cuDNN's LSTM), got --cell gru"),
         (["--seq-len", "1000"], "--batch-size 4 x --seq-len 1000 = 4000 tokens do not fit in the training split of "
                                 "2298 tokens"),
     ],
@@ -275,6 +277,30 @@ def test_remat_is_recorded_and_trains(corpus_file, tmp_path):
     assert math.isfinite(_metrics(run)["val_loss"])
     assert "remat" not in cli._FIXED_ON_RESUME  # a resumed run may change it (memory only)
     assert [cli._remat(v) for v in ("none", "step", "12", None, 12)] == [None, "step", 12, None, 12]
+
+
+def test_backend_is_recorded_and_may_change_on_resume(corpus_file, tmp_path, capsys):
+    """--backend auto trains (on the CPU it is the XLA path), is kept in config.json and
+    may change on --resume; --backend cudnn without a CUDA GPU is refused before anything
+    is written, naming the flag."""
+    run = str(tmp_path / "run")
+    assert _train("--corpus", corpus_file, "--steps", "2", "--backend", "AUTO", "--out", run) == 0
+    with open(os.path.join(run, cli.CONFIG)) as f:
+        assert json.load(f)["backend"] == "auto"
+    assert "backend" not in cli._FIXED_ON_RESUME
+    assert _train("--out", run, "--resume", "--steps", "3", "--backend", "xla") == 0
+    with open(os.path.join(run, cli.CONFIG)) as f:
+        assert json.load(f)["backend"] == "xla"
+    assert tuple(cli.BACKENDS) == jr.cudnn.BACKENDS
+    if not jr.cudnn.available():
+        capsys.readouterr()
+        assert _train("--corpus", corpus_file, "--steps", "2", "--backend", "cudnn", "--out", str(tmp_path / "r")) == 2
+        err = capsys.readouterr().err
+        assert "--backend cudnn needs a CUDA GPU" in err and "Traceback" not in err
+        assert not os.path.exists(tmp_path / "r" / cli.CONFIG)
+        # A run trained with --backend cudnn elsewhere is read here on the XLA path.
+        saved = {**cli.TRAIN_DEFAULTS, "backend": "cudnn"}
+        assert cli._resolve(saved, for_training=False)["backend"] == "auto"
 
 
 def test_corrupt_config_json_is_named(reference_run, tmp_path, capsys):

@@ -9,6 +9,7 @@ import numpy as np
 import optax
 import pytest
 
+import jaxrnn as jr
 from jaxrnn import lm
 
 F32 = jnp.float32
@@ -105,6 +106,30 @@ def test_config_round_trip():
     assert again.config() == model.config()
     p = model.init(jax.random.key(1))
     jax.tree_util.tree_map(np.testing.assert_array_equal, p, again.init(jax.random.key(1)))
+
+
+def test_backend_auto_equals_xla_and_is_checked():
+    """``backend="auto"`` runs the stack through ``jr.unroll(backend="auto")``: without a
+    CUDA GPU that is the XLA path, so loss and gradients (dropout included, the same key)
+    are those of the default exactly; it is in ``config()`` only when not "xla"; a bad
+    name is refused naming ``backend``; ``"cudnn"`` without a GPU raises when run."""
+    if jr.cudnn.available():
+        pytest.skip("on a CUDA machine 'auto' takes cuDNN (tests/test_cudnn.py compares them)")
+    x, y = _tokens((3, 7), 9, 1), _tokens((3, 7), 9, 2)
+    grads = {}
+    for backend in ("xla", "auto"):
+        model = lm.language_model(9, hidden=6, embed=4, layers=2, dropout=0.3, backend=backend)
+        params = model.init(jax.random.key(0))
+        grads[backend] = jax.grad(lambda p: lm.loss(model, p, model.initial_carry(3, F32), x, y,
+                                                    key=jax.random.key(5))[0])(params)
+        assert ("backend" in model.config()) == (backend != "xla")
+        assert lm.language_model(**model.config()).backend == backend
+    jax.tree_util.tree_map(np.testing.assert_array_equal, grads["xla"], grads["auto"])
+    with pytest.raises(ValueError, match=r"backend must be one of \['xla', 'cudnn', 'auto'\], got 'gpu'"):
+        lm.language_model(9, backend="gpu")
+    model = lm.language_model(9, hidden=6, embed=4, backend="cudnn")
+    with pytest.raises(ValueError, match=r"backend='cudnn' needs a CUDA GPU"):
+        lm.loss(model, model.init(jax.random.key(0)), model.initial_carry(3, F32), x, y)
 
 
 # --------------------------------------------------------------------------- loss, dropout, metrics
