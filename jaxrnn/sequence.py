@@ -142,6 +142,8 @@ def many_to_one(
     unroll: int = 1,
     remat: Any = None,
     key: Array | None = None,
+    backend: str = "xla",
+    scan: str = "auto",
 ):
     """Many-to-one: read the whole sequence, produce one output per row.
 
@@ -165,7 +167,9 @@ def many_to_one(
       lengths: integer ``(batch,)``, the number of valid steps per row.
       readout: ``readout(y) -> out`` applied to the summary ``(batch, H)``; ``None``
         returns the summary itself.
-      reverse, time_major, unroll, remat, key: as in :func:`jaxrnn.unroll`.
+      reverse, time_major, unroll, remat, key, backend, scan: as in :func:`jaxrnn.unroll`
+        (``backend="cudnn"`` / ``"auto"``: an LSTM or LSTM stack through cuDNN on a CUDA
+        GPU, see :mod:`jaxrnn.cudnn`).
 
     Returns:
       ``(carry, out)``: the final carry and ``readout(y)`` of shape ``(batch, ...)``.
@@ -183,7 +187,7 @@ def many_to_one(
     """
     carry, ys = _unroll(
         cell, params, xs, carry, lengths=lengths, reverse=reverse, time_major=time_major,
-        unroll=unroll, remat=remat, key=key,
+        unroll=unroll, remat=remat, key=key, backend=backend, scan=scan,
     )
     return carry, _apply_readout(readout, _summary(cell, ys, lengths, reverse, time_major))
 
@@ -201,6 +205,8 @@ def many_to_many(
     unroll: int = 1,
     remat: Any = None,
     key: Array | None = None,
+    backend: str = "xla",
+    scan: str = "auto",
 ):
     """Many-to-many, synchronous: one output per input step (tagging).
 
@@ -210,9 +216,9 @@ def many_to_many(
         out[b, t] = readout(ys[b, t])   if t < lengths[b]   else 0
 
     Args:
-      cell, params, xs, carry, lengths, reverse, time_major, unroll, remat, key: as in
-        :func:`jaxrnn.unroll`. A :class:`~jaxrnn.unroll.Bidirectional` cell (or a stack
-        of them) lets each output see the whole row.
+      cell, params, xs, carry, lengths, reverse, time_major, unroll, remat, key, backend,
+        scan: as in :func:`jaxrnn.unroll`. A :class:`~jaxrnn.unroll.Bidirectional` cell
+        (or a stack of them) lets each output see the whole row.
       readout: ``readout(ys) -> outs``, applied to all steps at once, so it must accept
         any leading dimensions (``jr.layers.affine`` does); ``None`` returns ``ys``.
 
@@ -233,7 +239,7 @@ def many_to_many(
     """
     carry, ys = _unroll(
         cell, params, xs, carry, lengths=lengths, reverse=reverse, time_major=time_major,
-        unroll=unroll, remat=remat, key=key,
+        unroll=unroll, remat=remat, key=key, backend=backend, scan=scan,
     )
     outs = _apply_readout(readout, ys)
     if lengths is not None and readout is not None:
@@ -525,6 +531,7 @@ def encoder_decoder(
     targets: Array | None = None,
     teacher_forcing: float | Array = 1.0,
     key: Array | None = None,
+    backend: str = "xla",
 ):
     """Encoder-decoder: encode the whole input, decode from the encoder's final carry.
 
@@ -555,6 +562,9 @@ def encoder_decoder(
         decoder must then have the same carry structure).
       readout, feedback, embed_fn, targets, teacher_forcing, key: as in
         :func:`one_to_many`.
+      backend: how the encoder runs, as in :func:`jaxrnn.unroll` (``"cudnn"`` /
+        ``"auto"``: an LSTM encoder through cuDNN on a CUDA GPU); the decoder runs on
+        the XLA path, as :func:`one_to_many` runs it.
 
     Returns:
       ``(carry, outs)``: the decoder's final carry and ``(batch, num_steps, ...)``
@@ -574,7 +584,7 @@ def encoder_decoder(
     """
     _check_decoder(decoder, "decoder")
     check_rank("xs", xs, (3,), "(batch, time, features)")
-    enc_carry, _ = _unroll(encoder, enc_params, xs, lengths=lengths)
+    enc_carry, _ = _unroll(encoder, enc_params, xs, lengths=lengths, backend=backend)
     if bridge is not None and not callable(bridge):
         raise TypeError(f"bridge must be a callable enc_carry -> dec_carry or None, got {type(bridge).__name__}")
     carry = enc_carry if bridge is None else bridge(enc_carry)

@@ -181,6 +181,39 @@ def test_many_to_many_without_readout_is_unroll():
     np.testing.assert_array_equal(c1, c2)
 
 
+def test_backend_and_scan_pass_through_to_unroll():
+    """many_to_one, many_to_many and encoder_decoder hand ``backend`` (and the first two
+    ``scan``) to :func:`jaxrnn.unroll`: without a CUDA GPU ``"auto"`` is the XLA path
+    (equal results), ``"cudnn"`` raises naming the backend, and a minGRU run with
+    ``scan="associative"`` equals the sequential scan."""
+    if jr.cudnn.available():
+        pytest.skip("on a CUDA machine 'auto' takes cuDNN (tests/test_cudnn.py compares them)")
+    cell = jr.lstm(6)
+    params, xs, _ = _setup(cell)
+    lengths = jnp.array([6, 4, 1, 0])
+    for fn in (seq.many_to_one, seq.many_to_many):
+        want = fn(cell, params, xs, lengths=lengths)
+        got = fn(cell, params, xs, lengths=lengths, backend="auto")
+        jax.tree_util.tree_map(np.testing.assert_array_equal, got, want)
+        with pytest.raises(ValueError, match="backend='cudnn' needs a CUDA GPU"):
+            fn(cell, params, xs, lengths=lengths, backend="cudnn")
+        with pytest.raises(ValueError, match="backend must be one of"):
+            fn(cell, params, xs, backend="tpu")
+    ep, dp, src, _, readout, embed, start = _s2s_setup(jr.lstm(6), jr.lstm(6))
+    args = (jr.lstm(6), ep, src, jr.lstm(6), dp, start, 3)
+    want = seq.encoder_decoder(*args, readout=readout, embed_fn=embed)
+    got = seq.encoder_decoder(*args, readout=readout, embed_fn=embed, backend="auto")
+    jax.tree_util.tree_map(np.testing.assert_array_equal, got, want)
+    with pytest.raises(ValueError, match="backend='cudnn' needs a CUDA GPU"):
+        seq.encoder_decoder(*args, readout=readout, embed_fn=embed, backend="cudnn")
+    mg = jr.mingru(5)
+    mp, mxs, _ = _setup(mg)
+    for fn in (seq.many_to_one, seq.many_to_many):
+        a = fn(mg, mp, mxs, lengths=lengths, scan="associative")
+        b = fn(mg, mp, mxs, lengths=lengths, scan="sequential")
+        jax.tree_util.tree_map(lambda u, v: np.testing.assert_allclose(u, v, rtol=1e-5, atol=1e-6), a, b)
+
+
 # --------------------------------------------------------------------------- one-to-many
 
 
