@@ -89,7 +89,16 @@ def test_resume_equals_uninterrupted(reference, tmp_path):
     assert restored.position["position"] == 12 * T and restored.history == h
 
 
-def test_ctrl_c_saves_and_resume_continues_exactly(reference, tmp_path):
+@pytest.fixture
+def python_ctrl_c():
+    """Python's own SIGINT handler for the test, whatever the process inherited (a run
+    started in the background from a shell without job control inherits SIG_IGN)."""
+    inherited = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, inherited)
+
+
+def test_ctrl_c_saves_and_resume_continues_exactly(reference, tmp_path, python_ctrl_c):
     path = tmp_path / "ckpt.safetensors"
     state, batches = tbptt_setup()
 
