@@ -216,9 +216,9 @@ def many_to_many(
         out[b, t] = readout(ys[b, t])   if t < lengths[b]   else 0
 
     Args:
-      cell, params, xs, carry, lengths, reverse, time_major, unroll, remat, key, backend,
-        scan: as in :func:`jaxrnn.unroll`. A :class:`~jaxrnn.unroll.Bidirectional` cell
-        (or a stack of them) lets each output see the whole row.
+      cell, params, xs, carry, lengths, reverse, time_major, unroll, remat, key, backend, scan: as in
+        :func:`jaxrnn.unroll`. A :class:`~jaxrnn.unroll.Bidirectional` cell (or a stack
+        of them) lets each output see the whole row.
       readout: ``readout(ys) -> outs``, applied to all steps at once, so it must accept
         any leading dimensions (``jr.layers.affine`` does); ``None`` returns ``ys``.
 
