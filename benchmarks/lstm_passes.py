@@ -101,34 +101,32 @@ def product_times(B, T, I, H, reps=5):
     w = jax.random.normal(key, (H, 4 * H)) / np.sqrt(H)
     w_t = jnp.asarray(w.T)  # what the backward loop multiplies by (fused.maths._rec)
 
-    def chain(h0, step, n):  # n dependent products: the recurrence's serial order
-        return jax.jit(lambda h: lax.fori_loop(0, n, lambda i, h: step(h), h0 * 0 + h))
+    def chain(step, n):  # n dependent products: the recurrence's serial order
+        return jax.jit(lambda h: lax.fori_loop(0, n, lambda i, h: step(h), h))
 
-    def repeat(a, b, n):  # n independent products of the same shapes (accumulated)
-        acc = jnp.zeros((a.shape[0], b.shape[1]), a.dtype)
-        return jax.jit(lambda a, b: lax.fori_loop(0, n, lambda i, acc: acc + (a * (1 + i * 1e-7)) @ b, acc))
+    def repeat(n):  # n independent products of the same shapes (accumulated)
+        return jax.jit(lambda a, b: lax.fori_loop(0, n, lambda i, acc: acc + (a * (1 + i * 1e-7)) @ b,
+                                                  jnp.zeros((a.shape[0], b.shape[1]), a.dtype)))
 
-    cases = {
-        "input projection (T B, I) @ (I, 4H)": (repeat, (T * B, I), (I, 4 * H), 1),
-        "forward recurrent (B, H) @ (H, 4H)": ("fwd", None, None, T),
-        "backward recurrent (B, 4H) @ (4H, H)": ("bwd", None, None, T),
-        f"weight gradient (I + H, K B) @ (K B, 4H), K = {k}": (repeat, (I + H, k * B), (k * B, 4 * H), n_chunks),
-        "input gradient (K B, 4H) @ (4H, I)": (repeat, (k * B, 4 * H), (4 * H, I), n_chunks),
-    }
+    def normal(*shape):
+        return jax.random.normal(key, shape)
+
+    cases = [  # name, jitted function, its arguments, the product's (M, K, N), products per gradient
+        ("input projection (T B, I) @ (I, 4H)", repeat(1), (normal(T * B, I), normal(I, 4 * H)), (T * B, I, 4 * H), 1),
+        ("forward recurrent (B, H) @ (H, 4H)", chain(lambda h: jnp.tanh((h @ w)[:, :H]), T), (jnp.ones((B, H)),),
+         (B, H, 4 * H), T),
+        ("backward recurrent (B, 4H) @ (4H, H)", chain(lambda d: jnp.tile(jnp.tanh(d @ w_t), (1, 4)), T),
+         (jnp.ones((B, 4 * H)),), (B, 4 * H, H), T),
+        (f"weight gradient (I + H, K B) @ (K B, 4H), K = {k}", repeat(n_chunks),
+         (normal(I + H, k * B), normal(k * B, 4 * H)), (I + H, k * B, 4 * H), n_chunks),
+        ("input gradient (K B, 4H) @ (4H, I)", repeat(n_chunks), (normal(k * B, 4 * H), normal(4 * H, I)),
+         (k * B, 4 * H, I), n_chunks),
+    ]
     out = {}
-    for name, (kind, sa, sb, n) in cases.items():
-        if kind == "fwd":
-            f = chain(jnp.ones((B, H)), lambda h: jnp.tanh((h @ w)[:, :H]), n)
-            args, flops = (jnp.ones((B, H)),), 2 * B * H * 4 * H
-        elif kind == "bwd":
-            f = chain(jnp.ones((B, 4 * H)), lambda d: jnp.tile(jnp.tanh(d @ w_t), (1, 4)), n)
-            args, flops = (jnp.ones((B, 4 * H)),), 2 * B * 4 * H * H
-        else:
-            a, b = jax.random.normal(key, sa), jax.random.normal(key, sb)
-            f, args, flops = kind(a, b, n), (a, b), 2 * sa[0] * sa[1] * sb[1]
+    for name, f, args, (m, kk, nn), n in cases:
         run = timer(lambda: f(*args), jax.block_until_ready)
         run(2)
-        out[name] = (float(np.median([run(1) for _ in range(reps)])), n * flops / 1e9, n)
+        out[name] = (float(np.median([run(1) for _ in range(reps)])), n * 2 * m * kk * nn / 1e9, n)
     return out
 
 

@@ -258,10 +258,9 @@ def _backend(v, cell: str, for_training: bool = True) -> str:
         from jaxrnn import cudnn
 
         if not cudnn.available():
-            import jax
-
             if not for_training:
                 return "auto"
+            import jax
 
             raise CLIError(f"--backend cudnn needs a CUDA GPU, but JAX's default backend here is "
                            f"{jax.default_backend()!r}; use --backend xla or auto")

@@ -97,7 +97,7 @@ from jaxrnn.unroll import Bidirectional, Stack, _check_stack_args, _check_unroll
 
 Array = jax.Array
 
-__all__ = ["BACKENDS", "available", "unsupported", "pack", "unpack", "unroll", "dispatch",
+__all__ = ["BACKENDS", "check_backend", "available", "unsupported", "pack", "unpack", "unroll", "dispatch",
            "lstm_cudnn", "lstm_reference"]
 
 BACKENDS = ("xla", "cudnn", "auto")
@@ -474,12 +474,18 @@ def unroll(cell: Any, params: Any, xs: Array, carry: Any = None, *, lengths: Arr
     return out_carry, ys
 
 
+def check_backend(backend: Any) -> str:
+    """``backend`` if it is one of :data:`BACKENDS`, else a ``ValueError`` naming it."""
+    if not isinstance(backend, str) or backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {list(BACKENDS)}, got {backend!r}")
+    return backend
+
+
 def dispatch(backend: str, cell: Any, params: Any, xs: Array, carry: Any = None, **kwargs):
     """The hook ``jr.unroll`` calls for ``backend != "xla"``: the cuDNN path's ``(carry,
     ys)``, or ``None`` when ``backend="auto"`` and the call is not supported (the caller
     then takes the XLA path)."""
-    if backend not in BACKENDS:
-        raise ValueError(f"backend must be one of {list(BACKENDS)}, got {backend!r}")
+    check_backend(backend)
     if backend == "auto":
         reason = unsupported(cell, params, xs, carry, reverse=kwargs.get("reverse", False),
                              remat=kwargs.get("remat"))

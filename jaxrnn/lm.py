@@ -68,7 +68,7 @@ import numpy as np
 
 from jaxrnn._checks import as_key, check_integer, shape_str
 from jaxrnn.cells import BUILTIN, PROJECTED, check_cell, from_name
-from jaxrnn.cudnn import BACKENDS
+from jaxrnn.cudnn import check_backend
 from jaxrnn.layers import dropout as _dropout
 from jaxrnn.layers import affine_cross_entropy, embedding, softmax_cross_entropy
 from jaxrnn.unroll import Stack, check_remat, reduce_blocks, stack, unroll
@@ -225,8 +225,7 @@ def language_model(
     dropout = float(dropout)
     tie = bool(tie)
     remat = check_remat(remat)
-    if not isinstance(backend, str) or backend not in BACKENDS:
-        raise ValueError(f"backend must be one of {list(BACKENDS)}, got {backend!r}")
+    backend = check_backend(backend)
     out_size = int(layer.hidden_size)  # what the output layer reads (proj_size for "lstmp")
     if tie and out_size != embed:
         what = "hidden" if out_size == hidden else "proj_size"
